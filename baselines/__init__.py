@@ -1,0 +1,26 @@
+"""Reference architectures, one family per module, each exposing the Staged view (DESIGN.md section 3.1).
+
+Every model has ``stem``, ``stages`` (an ``nn.ModuleList``) and ``head`` whose sequential execution is exactly its
+forward, plus ``channels``, ``strides`` (one per stage output), ``input_size`` (C, H, W) and ``num_classes``.
+Models are registered by name; importing this package also makes them visible to ``timm.create_model``.
+
+Example:
+    >>> import baselines, torch
+    >>> baselines.list_models("lenet*")
+    ['lenet5', 'lenet5_relu']
+    >>> model = baselines.create_model("lenet5", num_classes=10, in_chans=1)
+    >>> h = model.stem(torch.zeros(2, 1, 32, 32))
+    >>> shapes = []
+    >>> for stage in model.stages:
+    ...     h = stage(h)
+    ...     shapes.append(tuple(h.shape[1:]))
+    >>> shapes
+    [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (120, 1, 1), (84,)]
+"""
+
+from . import lenet, resnet
+from ._registry import create_model, list_models, model_entrypoint, register_model
+from .lenet import LeNet5, LeNet5ReLU
+from .resnet import StagedResNet
+
+__all__ = ["LeNet5", "LeNet5ReLU", "StagedResNet", "create_model", "lenet", "list_models", "model_entrypoint", "register_model", "resnet"]

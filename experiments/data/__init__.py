@@ -1,0 +1,33 @@
+"""Datasets: bundled (scikit-learn's digits) or generated (cluttered digit scenes), deterministic from a seed.
+
+Importing this package registers the builders; ``create_dataset(name, **options)`` builds one.
+
+Example::
+
+    from experiments.data import create_dataset, dataset_builder, list_datasets
+
+    list_datasets()                                   # ['cluttered_digits', 'digits']
+    splits = create_dataset("cluttered_digits", seed=0, canvas=64, max_digits=3)
+    splits.train.images.shape, splits.multilabel      # (2000, 1, 64, 64), True
+    import inspect; inspect.signature(dataset_builder("digits"))   # the valid options
+"""
+
+from . import cluttered as cluttered
+from . import digits as digits
+from ._registry import (
+    DatasetSplits,
+    ImageSet,
+    create_dataset,
+    dataset_builder,
+    list_datasets,
+    register_dataset,
+)
+
+__all__ = [
+    "DatasetSplits",
+    "ImageSet",
+    "create_dataset",
+    "dataset_builder",
+    "list_datasets",
+    "register_dataset",
+]

@@ -1,0 +1,122 @@
+"""The comparison table: finished runs grouped by cell, mean and spread over seeds.
+
+Reads only run directories (``result.json`` next to a ``DONE`` marker), so it works on any runs folder, copied
+from a cluster or half-finished. Spread is the sample standard deviation over seeds (``n`` says how many).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect", "format_table", "summarize", "write_tables"]
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """Every finished run's ``result.json`` under ``root``, with its ``run_dir``."""
+    out = []
+    for path in sorted(Path(root).rglob("result.json")):
+        if ".attempts" in path.parts or not (path.parent / "DONE").exists():
+            continue
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        r["run_dir"] = str(path.parent)
+        out.append(r)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows (one per experiment and cell) and the variant columns they share."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["experiment"], r["cell"]), []).append(r)
+    keys: list[str] = []
+    for r in results:
+        for k in r.get("variant", {}):
+            if k not in keys:
+                keys.append(k)
+    rows = []
+    for (exp, cell), rs in groups.items():
+        row: dict[str, Any] = {"experiment": exp, "cell": cell, "n": len(rs)}
+        for k in keys:
+            row[k] = rs[0].get("variant", {}).get(k, "")
+        metric_names = sorted({m for r in rs for m in r["metrics"]})
+        for m in metric_names:
+            vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
+            row[m], row[f"{m}_std"] = _mean_std(vals)
+        cost = rs[0].get("cost", {})
+        row["params"] = cost.get("backbone_params", 0) + cost.get("feedback_params", 0)
+        row["feedback_params"] = cost.get("feedback_params", 0)
+        row["mflops"] = cost.get("flops", 0) / 1e6
+        row["time_s"] = sum(r.get("time_s", 0) for r in rs) / len(rs)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["experiment"], [str(r[k]) for k in keys]))
+    return keys, rows
+
+
+def _pm(row: dict[str, Any], m: str, scale: float = 100.0) -> str:
+    if m not in row:
+        return "-"
+    mean, std = row[m] * scale, row.get(f"{m}_std", float("nan")) * scale
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    cols: list[tuple[str, Any]] = [(k.split(".")[-1], (lambda r, k=k: str(r[k]))) for k in keys]
+    if not keys:
+        cols.append(("cell", lambda r: r["cell"]))
+    cols.append(("n", lambda r: str(r["n"])))
+    cols.append(("acc %", lambda r: _pm(r, "acc")))
+    if any(r.get("hit") != r.get("acc") for r in rows):
+        cols.append(("hit %", lambda r: _pm(r, "hit")))
+    cols.append(("acc@step1 %", lambda r: _pm(r, "acc_step1")))
+    cols.append(("params", lambda r: f"{r['params']:,}"))
+    cols.append(("+fb params", lambda r: f"{r['feedback_params']:,}"))
+    cols.append(("MFLOPs", lambda r: f"{r['mflops']:.1f}"))
+    cols.append(("s/run", lambda r: f"{r['time_s']:.1f}"))
+    return cols
+
+
+def format_table(keys: list[str], rows: list[dict[str, Any]], *, markdown: bool = False) -> str:
+    """A plain-text (aligned) or Markdown table of the summary rows."""
+    if not rows:
+        return "(no finished runs)"
+    cols = _columns(keys, rows)
+    cells = [[fn(r) for _, fn in cols] for r in rows]
+    heads = [h for h, _ in cols]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*heads), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*c) for c in cells]
+    return "\n".join(lines)
+
+
+def write_tables(root: str | Path, keys: list[str], rows: list[dict[str, Any]]) -> list[Path]:
+    """Write ``results.md`` and ``results.csv`` into ``root``."""
+    root = Path(root)
+    md = root / "results.md"
+    md.write_text(format_table(keys, rows, markdown=True) + "\n")
+    buf = io.StringIO()
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("experiment", "cell", "n"), k))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    (root / "results.csv").write_text(buf.getvalue())
+    return [md, root / "results.csv"]

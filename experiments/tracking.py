@@ -1,0 +1,155 @@
+"""Run logging: ``metrics.jsonl`` is the source of truth, Weights & Biases a mirror.
+
+Every :meth:`RunLogger.log` call appends one JSON line ``{"step": ..., "time": ..., <metrics>}`` to
+``<run_dir>/metrics.jsonl`` and flushes it before anything else happens, so a crash (even SIGKILL) loses no line
+that was written. The same metrics go to wandb with ``step=global_step``.
+
+wandb runs offline by default, into the run directory (``<run_dir>/wandb/offline-run-*``), with ``group`` = the
+ablation cell, ``tags`` = experiment and variant values, ``job_type`` = "train", a stable id derived from the run
+path and ``reinit="finish_previous"`` (so runs of a sweep in one process never merge into one wandb run). Sync
+later with ``wandb sync <run_dir>/wandb/offline-run-*``. If wandb is missing, cannot start (no network in online
+mode, a bad key) or fails while logging, the run goes on with ``metrics.jsonl`` only and says so once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLogger", "read_metrics"]
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        print(f"feedback: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them readable
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl`` file (a torn last line, from a crash mid-write, is skipped)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class RunLogger:
+    """Append-and-flush metrics file plus an optional wandb mirror.
+
+    Args:
+        run_dir: the run directory (must exist).
+        config: the run's full config as a nested dict (sent to wandb).
+        wandb_mode: "offline", "online" or "disabled".
+        project, entity: wandb project and entity.
+        group: wandb group, the ablation cell.
+        name: wandb run name.
+        tags: wandb tags.
+        job_type: wandb job type.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        config: dict[str, Any],
+        wandb_mode: str = "offline",
+        project: str = "feedback",
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str = "train",
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._t0 = time.time()
+        self.wandb_run = None
+        if wandb_mode != "disabled":
+            self.wandb_run = self._start_wandb(
+                config=config, mode=wandb_mode, project=project, entity=entity, group=group, name=name,
+                tags=tags or [], job_type=job_type,
+            )
+
+    def _start_wandb(self, **kw: Any) -> Any:
+        try:
+            import wandb
+        except Exception as e:  # not installed or broken install
+            _warn_once("wandb-import", f"wandb unavailable ({type(e).__name__}: {e}); logging to metrics.jsonl only")
+            return None
+        # a stable id from the run path: the same run directory maps to the same wandb id
+        run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:12]
+        tags = [t[:64] for t in kw["tags"]]  # wandb limits tag length
+        try:
+            return wandb.init(
+                mode=kw["mode"], dir=str(self.run_dir), project=kw["project"], entity=kw["entity"],
+                group=kw["group"], name=kw["name"], tags=tags, job_type=kw["job_type"], config=kw["config"],
+                id=run_id, reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off", save_code=False, x_disable_stats=True,
+                                        x_disable_meta=True, init_timeout=120),
+            )
+        except Exception as e:
+            _warn_once("wandb-init", f"wandb could not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''});"
+                       " the run goes on, logging to metrics.jsonl only")
+            return None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append ``metrics`` at global ``step`` to metrics.jsonl (flushed) and mirror them to wandb."""
+        row = {"step": int(step), "time": round(time.time() - self._t0, 3)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.log({k: _jsonable(v) for k, v in metrics.items()}, step=int(step))
+            except Exception as e:
+                _warn_once("wandb-log", f"wandb logging failed ({type(e).__name__}: {e}); continuing without it")
+                self.wandb_run = None
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set wandb summary values (the final numbers shown in the runs table)."""
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.summary.update({k: _jsonable(v) for k, v in values.items()})
+            except Exception as e:
+                _warn_once("wandb-log", f"wandb logging failed ({type(e).__name__}: {e}); continuing without it")
+
+    @property
+    def wandb_dir(self) -> str | None:
+        """The wandb run's directory, if one is running."""
+        if self.wandb_run is None:
+            return None
+        try:
+            return os.path.relpath(self.wandb_run.dir, self.run_dir).removesuffix("/files")
+        except Exception:
+            return None
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the metrics file and finish the wandb run (idempotent)."""
+        if not self._fh.closed:
+            self._fh.close()
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.finish(exit_code=exit_code)
+            except Exception as e:
+                _warn_once("wandb-finish", f"wandb finish failed ({type(e).__name__}: {e})")
+            self.wandb_run = None
