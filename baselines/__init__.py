@@ -18,8 +18,23 @@ Example:
     [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (120, 1, 1), (84,)]
 """
 
+from . import alexnet as alexnet
+from . import coordconv as coordconv
+from . import densenet as densenet
+from . import googlenet as googlenet
 from . import lenet, resnet
+from . import mlp as mlp
+from . import nasnet as nasnet
+from . import perceptron as perceptron
+from . import resnet_cifar as resnet_cifar
+from . import siamese as siamese
+from . import squeezenet as squeezenet
+from . import vgg as vgg
+from . import vit as vit
+from . import zfnet as zfnet
+from ._registry import GENERIC_OPTIONS as GENERIC_OPTIONS
 from ._registry import create_model, list_models, model_entrypoint, register_model
+from ._registry import model_info as model_info
 from .lenet import LeNet5, LeNet5ReLU
 from .resnet import StagedResNet
 

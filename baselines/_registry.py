@@ -25,6 +25,12 @@ An entry point whose network is *identical* to timm's model of the same name (``
 with the same parameter count (a plain timm model, without the Staged attributes). Any other clash with a timm
 name raises ``ValueError``.
 
+Metadata: :func:`register_model` also takes keyword arguments that describe the model (``family``, ``source``,
+``paper``, ``min_input_size``, ``max_input_size``, ``small``, ``small_input_size``, ``slow``); :func:`model_info`
+returns them with what a build at the entry point's defaults shows (parameter count, stage count, channels,
+strides, input size). Generic options that :func:`create_model` applies to every model after building it are listed
+in :data:`GENERIC_OPTIONS` (``coordconv``: replace the first convolution by a :class:`baselines.coordconv.CoordConv2d`).
+
 Example (registration is global and permanent, so the registering examples are skipped by doctest):
     >>> import torch.nn as nn
     >>> @register_model  # doctest: +SKIP
@@ -42,12 +48,36 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import timm.models
+import torch
 import torch.nn as nn
 
-__all__ = ["create_model", "list_models", "model_entrypoint", "register_model"]
+__all__ = ["GENERIC_OPTIONS", "create_model", "list_models", "model_entrypoint", "model_info", "register_model"]
+
+# Options that create_model (and the timm adapter) handle for every model, whatever its entry point takes:
+# name -> (type, default, what it does).
+GENERIC_OPTIONS: dict[str, tuple[type, Any, str]] = {
+    "coordconv": (
+        bool,
+        False,
+        "replace the first Conv2d of the stem (or of stage 0 if the stem has none) by a CoordConv2d with two "
+        "coordinate channels (Liu et al. 2018)",
+    ),
+}
+
+# The metadata keys register_model takes, and their defaults.
+INFO_KEYS: dict[str, Any] = {
+    "family": None,  # e.g. "ResNet"; default: the defining module's name
+    "source": None,  # e.g. "timm resnet34", "hand-written (paper)"
+    "paper": None,  # short citation, e.g. "He et al. 2016"
+    "min_input_size": None,  # smallest sensible square input side (px); None: not stated
+    "max_input_size": None,  # largest accepted square input side (px); None: no limit
+    "small": None,  # create_model keyword arguments of a fast configuration (may set num_classes / in_chans)
+    "small_input_size": None,  # input side for that configuration; None: the built model's own input size
+    "slow": False,  # True if even the small configuration is too slow for the fast test tier on a CPU
+}
 
 EntryPoint = Callable[..., nn.Module]
 F = TypeVar("F", bound=EntryPoint)
@@ -58,6 +88,10 @@ _ADAPTER_FLAG = "_baselines_entrypoint"
 # name -> entry point. Kept across ``importlib.reload`` of this module, so a reload does not forget the models
 # that the (not reloaded) family modules registered.
 _REGISTRY: dict[str, EntryPoint] = globals().get("_REGISTRY", {})
+# name -> the metadata given to register_model (INFO_KEYS); kept across reloads like _REGISTRY.
+_INFO: dict[str, dict[str, Any]] = globals().get("_INFO", {})
+# (name, entry point) -> what a default build shows; filled on demand by model_info.
+_BUILT_INFO: dict[tuple[str, EntryPoint], dict[str, Any]] = globals().get("_BUILT_INFO", {})
 
 
 def _qualified(fn: Callable[..., Any]) -> str:
@@ -102,7 +136,8 @@ def _timm_adapter(name: str, module: str) -> EntryPoint:
                 f"baselines model {name!r} does not support features_only=True; "
                 "use its Staged view instead: run model.stem, then each of model.stages, to get every stage output"
             )
-        model = _REGISTRY[name](**kwargs)
+        generic = {k: kwargs.pop(k) for k in list(kwargs) if k in GENERIC_OPTIONS}
+        model = _apply_generic(_REGISTRY[name](**kwargs), name, **generic)
         if not hasattr(model, "pretrained_cfg"):
             cfg: dict[str, Any] = {"architecture": name}
             if hasattr(model, "input_size"):
@@ -138,17 +173,63 @@ def _register_with_timm(name: str, fn: EntryPoint, timm_owned: bool) -> None:
     timm.models.register_model(_timm_adapter(name, fn.__module__))
 
 
-def register_model(fn: F | None = None, *, timm_owned: bool = False) -> F | Callable[[F], F]:
+def _check_info(name: str, info: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(INFO_KEYS)
+    for key, value in info.items():
+        if key not in INFO_KEYS:
+            raise TypeError(f"register_model got an unknown metadata key {key!r}; valid keys: {', '.join(INFO_KEYS)}")
+        out[key] = value
+    for key in ("min_input_size", "max_input_size", "small_input_size"):
+        if out[key] is not None and (not isinstance(out[key], int) or out[key] < 1):
+            raise ValueError(f"model {name!r}: {key} must be a positive int or None, got {out[key]!r}")
+    if out["min_input_size"] and out["max_input_size"] and out["min_input_size"] > out["max_input_size"]:
+        raise ValueError(
+            f"model {name!r}: min_input_size {out['min_input_size']} > max_input_size {out['max_input_size']}"
+        )
+    if out["small"] is not None:
+        if not isinstance(out["small"], Mapping):
+            raise TypeError(f"model {name!r}: small must be a dict of create_model keyword arguments")
+        out["small"] = dict(out["small"])
+        bad = [k for k in out["small"] if k in GENERIC_OPTIONS]
+        if bad:
+            raise ValueError(f"model {name!r}: small must not set the generic option(s) {', '.join(bad)}")
+    return out
+
+
+def register_model(
+    fn: F | None = None,
+    *,
+    timm_owned: bool = False,
+    family: str | None = None,
+    source: str | None = None,
+    paper: str | None = None,
+    min_input_size: int | None = None,
+    max_input_size: int | None = None,
+    small: Mapping[str, Any] | None = None,
+    small_input_size: int | None = None,
+    slow: bool = False,
+) -> F | Callable[[F], F]:
     """Register a keyword-only model entry point under ``fn.__name__`` (decorator), here and in timm.
 
     Args:
         fn: ``fn(*, num_classes: int, in_chans: int, **kwargs) -> nn.Module``; returned unchanged.
         timm_owned: set when timm already has a model of this name that is the *identical* network (same layers,
             same parameter count): it is then left to timm, and ``timm.create_model(name)`` returns timm's model.
+        family: the architecture family, e.g. ``"ResNet"`` (default: the defining module's name).
+        source: where the network comes from, e.g. ``"timm resnet34"`` or ``"hand-written (paper)"``.
+        paper: short citation, e.g. ``"He et al. 2016"``.
+        min_input_size: smallest sensible square input side in pixels (every stage output at least 1x1).
+        max_input_size: largest accepted square input side (``None``: no limit; a ViT's fixed position
+            embedding accepts exactly one size).
+        small: :func:`create_model` keyword arguments of a configuration that trains fast on a CPU (narrower, fewer
+            cells); it may set ``num_classes`` and ``in_chans``. ``None``: the defaults are already small.
+        small_input_size: the square input side for ``small`` (``None``: the built model's own input size).
+        slow: even the small configuration is too slow for the fast test tier (registry-driven tests mark it slow).
 
     Raises:
         ValueError: the name is already registered by a different function (re-executing the same definition,
-            as ``importlib.reload`` does, replaces it silently), or timm owns the name and ``timm_owned`` is unset.
+            as ``importlib.reload`` does, replaces it silently), or timm owns the name and ``timm_owned`` is unset,
+            or a metadata value is invalid.
         TypeError: ``fn`` has positional parameters or cannot take ``num_classes`` / ``in_chans``.
 
     Example:
@@ -161,9 +242,24 @@ def register_model(fn: F | None = None, *, timm_owned: bool = False) -> F | Call
         ValueError: model 'tiny_linear' is already registered ...
     """
 
+    meta = dict(
+        family=family,
+        source=source,
+        paper=paper,
+        min_input_size=min_input_size,
+        max_input_size=max_input_size,
+        small=small,
+        small_input_size=small_input_size,
+        slow=bool(slow),
+    )
+
     def decorate(f: F) -> F:
         name = f.__name__
         _check_signature(f)
+        info = _check_info(name, meta)
+        if info["family"] is None:
+            info["family"] = f.__module__.rsplit(".", 1)[-1]
+        info["timm_owned"] = bool(timm_owned)
         previous = _REGISTRY.get(name)
         if previous is not None and (previous is f or _qualified(previous) != _qualified(f)):
             raise ValueError(
@@ -172,6 +268,7 @@ def register_model(fn: F | None = None, *, timm_owned: bool = False) -> F | Call
             )
         _register_with_timm(name, f, timm_owned)
         _REGISTRY[name] = f
+        _INFO[name] = info
         return f
 
     return decorate if fn is None else decorate(fn)
@@ -205,13 +302,33 @@ def model_entrypoint(name: str) -> EntryPoint:
     return fn
 
 
-def create_model(name: str, *, num_classes: int = 10, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
+def _apply_generic(model: nn.Module, name: str, *, coordconv: bool = False) -> nn.Module:
+    """Apply the :data:`GENERIC_OPTIONS` to a built model."""
+    if not isinstance(coordconv, bool):
+        raise TypeError(f"coordconv must be True or False, got {coordconv!r}")
+    if coordconv:
+        from .coordconv import coordconv_  # here, not at import time: coordconv.py is a family module
+
+        try:
+            coordconv_(model)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model {name!r} cannot take coordconv=True: {e}") from None
+    return model
+
+
+def create_model(
+    name: str, *, num_classes: int = 10, in_chans: int | None = None, coordconv: bool = False, **kwargs: Any
+) -> nn.Module:
     """Build the registered model ``name``.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: size of the classifier output (always passed to the entry point; default 10).
         in_chans: input channels; ``None`` (default) keeps the model's own default (1 for LeNet-5, 3 for ResNets).
+        coordconv: replace the model's first convolution (the first ``nn.Conv2d`` of the stem, or of stage 0 if
+            the stem has none) by a :class:`~baselines.coordconv.CoordConv2d` that sees two extra coordinate
+            channels (Liu et al. 2018). Works for every convolutional backbone; a model without a convolution
+            there raises ``ValueError``. See :func:`baselines.coordconv.coordconv_`.
         **kwargs: model-specific options, passed to the entry point.
 
     Raises:
@@ -226,4 +343,58 @@ def create_model(name: str, *, num_classes: int = 10, in_chans: int | None = Non
     fn = model_entrypoint(name)
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    return fn(num_classes=num_classes, **kwargs)
+    return _apply_generic(fn(num_classes=num_classes, **kwargs), name, coordconv=coordconv)
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a shared parameter once
+
+
+def _built_info(name: str, fn: EntryPoint) -> dict[str, Any]:
+    """Build ``fn()`` at its defaults, on the meta device when it allows (no memory, no init), and describe it."""
+    key = (name, fn)
+    if key not in _BUILT_INFO:
+        try:
+            with torch.device("meta"):
+                model = fn()
+        except Exception:  # an entry point whose construction needs real tensors (e.g. a seeded buffer)
+            model = fn()
+        out: dict[str, Any] = {"num_params": _count_params(model)}
+        for attr in ("input_size", "num_classes", "channels", "strides"):
+            value = getattr(model, attr, None)
+            out[attr] = tuple(value) if isinstance(value, (list, tuple)) else value
+        stages = getattr(model, "stages", None)
+        out["num_stages"] = len(stages) if stages is not None else None
+        _BUILT_INFO[key] = out
+    return dict(_BUILT_INFO[key])
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """What the registry knows about model ``name``, plus what a build at the entry point's defaults shows.
+
+    Returns a dict with ``name``, ``entry_point`` (qualified name), ``summary`` (first line of its docstring), the
+    registration metadata (``family``, ``source``, ``paper``, ``min_input_size``, ``max_input_size``, ``small``,
+    ``small_input_size``, ``slow``, ``timm_owned``) and, from a default build (``fn()``, on the meta device when
+    possible, so even an 88M-parameter model is counted in a fraction of a second, without running it; cached):
+    ``num_params``, ``num_classes``, ``input_size``, ``num_stages``, ``channels``, ``strides``.
+
+    Raises:
+        ValueError: unknown name (as :func:`model_entrypoint`).
+
+    Example:
+        >>> import baselines
+        >>> info = baselines.model_info("resnet18")
+        >>> info["family"], info["num_params"], info["num_stages"]
+        ('ResNet', 11689512, 4)
+    """
+    fn = model_entrypoint(name)
+    doc = inspect.getdoc(fn) or ""
+    info: dict[str, Any] = {
+        "name": name,
+        "entry_point": _qualified(fn),
+        "summary": doc.split("\n\n", 1)[0].replace("\n", " ").strip(),
+    }
+    meta = _INFO.get(name) or dict(INFO_KEYS, family=fn.__module__.rsplit(".", 1)[-1], timm_owned=False)
+    info.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in meta.items()})
+    info.update(_built_info(name, fn))
+    return info

@@ -21,10 +21,24 @@ def n_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def probe_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """A random batch at the model's input size, capped at 64 px to keep the 224 px models fast."""
+def probe_input(model: nn.Module, batch: int = 2, size: int | None = None) -> torch.Tensor:
+    """A random batch at ``size`` px (default: the model's input size, capped at 64 px to keep 224 px models fast)."""
     c, h, w = model.input_size
-    return torch.randn(batch, c, min(h, 64), min(w, 64), generator=torch.Generator().manual_seed(0))
+    h, w = (size, size) if size is not None else (min(h, 64), min(w, 64))
+    return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def small_case(name: str) -> tuple[dict, int | None]:
+    """The registry's fast configuration of ``name``: create_model keyword arguments and the input side."""
+    info = baselines.model_info(name)
+    kwargs = {"num_classes": 10, "in_chans": 3} | (info["small"] or {})
+    return kwargs, info["small_input_size"]
+
+
+def registry_params() -> list:
+    """Every registered name, marked slow where the registry says even its small configuration is slow."""
+    slow = pytest.mark.slow
+    return [pytest.param(n, marks=slow) if baselines.model_info(n)["slow"] else n for n in baselines.list_models()]
 
 
 def run_staged(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -105,27 +119,32 @@ def test_lenet5_rbf_logits_are_negative_squared_distances():
 # ----------------------------------------------------------------------------------------------- Staged contract
 
 
-@pytest.mark.parametrize("name", baselines.list_models())
+@pytest.mark.parametrize("name", registry_params())
 def test_staged_contract(name):
     torch.manual_seed(0)
-    model = baselines.create_model(name, num_classes=10, in_chans=3)
+    kwargs, size = small_case(name)
+    model = baselines.create_model(name, **kwargs)
     for attr in ("stem", "stages", "head"):
         assert isinstance(getattr(model, attr), nn.Module)
     assert isinstance(model.stages, nn.ModuleList)
     assert len(model.channels) == len(model.strides) == len(model.stages)
-    assert len(model.input_size) == 3 and model.input_size[0] == 3
-    assert model.num_classes == 10
+    assert len(model.input_size) == 3 and model.input_size[0] == kwargs["in_chans"]
+    assert model.num_classes == kwargs["num_classes"]
 
-    x = probe_input(model)
+    x = probe_input(model, size=size)
     model.eval()
     with torch.no_grad():
         logits, outs = run_staged(model, x)
         assert torch.equal(logits, model(x))
-    assert logits.shape == (2, 10)
+    assert logits.shape == (2, kwargs["num_classes"])
 
     height = x.shape[-1]
     prev_stride = 1
     for i, (out, c, s) in enumerate(zip(outs, model.channels, model.strides)):
+        if out.dim() == 3:  # tokens (B, L, D): channels = the token dimension, strides = the patch size
+            assert getattr(model, "output_fmt", None) == "NLC", f"stage {i}: token output without output_fmt NLC"
+            assert out.shape[-1] == c and s >= prev_stride, f"stage {i}"
+            continue
         assert out.shape[1] == c, f"stage {i} channels"
         if out.dim() == 2:
             assert s == 0, f"stage {i}: vector output must have stride 0"
@@ -220,12 +239,12 @@ def test_entry_points_must_be_keyword_only():
 
 
 def test_timm_name_clash_raises():
-    def resnet34(*, num_classes: int = 10, in_chans: int = 3, **kwargs):
+    def resnet26(*, num_classes: int = 10, in_chans: int = 3, **kwargs):
         return nn.Identity()
 
-    with pytest.raises(ValueError, match="timm already has a model named 'resnet34'"):
-        baselines.register_model(resnet34)
-    assert "resnet34" not in baselines.list_models()
+    with pytest.raises(ValueError, match="timm already has a model named 'resnet26'"):
+        baselines.register_model(resnet26)
+    assert "resnet26" not in baselines.list_models()
 
 
 def test_unknown_name_lists_choices_and_suggests():
@@ -250,10 +269,11 @@ def test_list_models_pattern():
     assert {"lenet5", "lenet5_relu", "resnet18", "resnet18_small"} <= set(everything)
 
 
-@pytest.mark.parametrize("name", baselines.list_models())
+@pytest.mark.parametrize("name", registry_params())
 def test_timm_create_model(name):
-    ours = baselines.create_model(name, num_classes=10, in_chans=3)
-    theirs = timm.create_model(name, num_classes=10, in_chans=3)
+    kwargs, _ = small_case(name)
+    ours = baselines.create_model(name, **kwargs)
+    theirs = timm.create_model(name, **kwargs)
     assert n_params(theirs) == n_params(ours)
     assert [tuple(p.shape) for p in theirs.parameters()] == [tuple(p.shape) for p in ours.parameters()]
 

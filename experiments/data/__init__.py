@@ -14,6 +14,7 @@ Example::
 
 from . import cluttered as cluttered
 from . import digits as digits
+from . import pairs as pairs
 from ._registry import (
     DatasetSplits,
     ImageSet,
