@@ -1,12 +1,18 @@
 """The ``feedback`` command line.
 
-    feedback run <experiment> [key=value ...]   one run, or every cell of its grid (key=a,b adds an axis)
+    feedback run <experiment> [key=value ...]   one run, or every cell of its grid (key=a,b adds an axis), here
+    feedback sweep <experiment> [key=value ...] --backend local|processes|submitit [--workers N] [--retry-failed]
     feedback results <runs-dir>                 the comparison table of finished runs (mean ± std over seeds)
     feedback list models|feedback|datasets|experiments
 
 Bad input (an unknown experiment, key, model, feedback kind or dataset, malformed YAML, a wrong type) is one line
 on stderr naming the problem and the valid choices, exit code 2, and nothing is written: everything is validated
 (every grid cell's config, dataset and model are built once) before the first run directory is touched.
+
+Both ``run`` and ``sweep`` skip finished runs, resume unfinished ones from their checkpoints, leave failed ones
+alone unless ``--retry-failed``, and exit 1 naming the failed runs. ``--force`` resumes checkpoints even when the
+config changed (``train.resume=force``). A run stopped by SIGTERM or SIGINT checkpoints and the command exits with
+``128 + signum``; running the same command again resumes it.
 """
 
 from __future__ import annotations
@@ -47,6 +53,29 @@ def _validate(cells: list[Any]) -> None:
                       "model.backbone_args", ("num_classes", "in_chans"))
     check_kwargs_used(first.model.feedback_args, {c.model.feedback: feedback_builder(c) for c in cfgs},
                       "model.feedback_args", ("shapes",))
+    from experiments.config import ConfigError
+    from experiments.evaluate import attacks_module
+    from experiments.tracking import tensorboard_available
+
+    for cfg in cfgs:
+        if cfg.log.tensorboard and not tensorboard_available():
+            raise ConfigError("log.tensorboard=true needs the tensorboard package (pip install tensorboard)")
+        if cfg.eval.attacks:
+            mod = attacks_module()
+            if mod is None:
+                raise ConfigError("eval.attacks needs experiments.attacks, which this installation does not have")
+            import inspect
+
+            def is_attack(fn: Any) -> bool:  # the contract: attack(forward, x, y, *, eps, loss_fn, ...)
+                try:
+                    return callable(fn) and {"eps", "loss_fn"} <= set(inspect.signature(fn).parameters)
+                except (TypeError, ValueError):
+                    return False
+
+            valid = sorted(n for n in dir(mod) if not n.startswith("_") and is_attack(getattr(mod, n)))
+            for name in cfg.eval.attacks:
+                if name not in valid:
+                    raise ConfigError(f"unknown attack '{name}' in eval.attacks; choose from: {', '.join(valid)}")
     datasets: dict[str, Any] = {}
     models: set[str] = set()
     for cell in cells:
@@ -64,29 +93,46 @@ def _validate(cells: list[Any]) -> None:
                 models.add(mkey)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _sweep_command(args: argparse.Namespace, backend: str) -> int:
     from experiments.config import load_experiment
+    from experiments.launch import sweep
     from experiments.results import collect, format_table, summarize, write_tables
-    from experiments.sweep import expand_grid, run_sweep
-    from experiments.train import train_run
+    from experiments.sweep import expand_grid
 
-    cfg, grid = load_experiment(args.experiment, args.overrides)
+    overrides = list(args.overrides) + (["train.resume=force"] if args.force else [])
+    cfg, grid = load_experiment(args.experiment, overrides)
     cells = expand_grid(cfg, grid)
     _validate(cells)
     n_runs = sum(len(c.runs) for c in cells)
     root = Path(cfg.runs_dir) / cfg.name
-    print(f"feedback: {cfg.name}: {len(cells)} cell(s) x {len(cells[0].runs)} seed(s) = {n_runs} run(s) in {root}")
-    summary = run_sweep(cells, train_run, progress=cfg.log.progress)
+    print(f"feedback: {cfg.name}: {len(cells)} cell(s) x {len(cells[0].runs)} seed(s) = {n_runs} run(s) in {root}"
+          + (f" ({backend} backend)" if backend != "local" else ""))
+    kw = {}
+    if backend == "submitit":
+        kw = {"cluster": args.cluster, "timeout_min": args.timeout_min, "partition": args.partition,
+              "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb,
+              "array_parallelism": args.array_parallelism}
+    summary = sweep(cells, backend=backend, workers=getattr(args, "workers", 1), retry_failed=args.retry_failed,
+                    progress=cfg.log.progress, **kw)
     keys, rows = summarize([r for r in collect(root) if r["cell"] in {c.name for c in cells}])
     print()
     print(format_table(keys, rows))
     if rows:
         paths = write_tables(root, keys, rows)
         print(f"\ntable written to {paths[0]} and {paths[1]}")
-    print(f"runs: {summary['done']} ran, {summary['skipped']} already done (skipped), {summary['failed']} failed")
+    extra = "".join(f", {summary[k]} {k}" for k in ("busy", "stopped") if summary.get(k))
+    print(f"runs: {summary['done']} ran, {summary['skipped']} already done (skipped), {summary['failed']} failed{extra}")
     for err in summary["errors"]:
         print(f"  failed: {err}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _sweep_command(args, "local")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    return _sweep_command(args, "local" if args.backend == "inprocess" else args.backend)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -120,12 +166,32 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="feedback", description="Top-down feedback experiments: run, compare, list.")
+    p = _Parser(prog="feedback", description="Top-down feedback experiments: run, sweep, compare, list.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="run an experiment (every cell of its grid)")
-    r.add_argument("experiment", help="a name from `feedback list experiments`, or a path to a YAML file")
-    r.add_argument("overrides", nargs="*", help="key=value overrides; key=a,b makes a grid axis")
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("experiment", help="a name from `feedback list experiments`, or a path to a YAML file")
+        q.add_argument("overrides", nargs="*", help="key=value overrides; key=a,b makes a grid axis")
+        q.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+        q.add_argument("--force", action="store_true",
+                       help="resume checkpoints even if the config changed (train.resume=force)")
+
+    r = sub.add_parser("run", help="run an experiment (every cell of its grid) in this process")
+    common(r)
     r.set_defaults(fn=cmd_run)
+    w = sub.add_parser("sweep", help="run an experiment's grid on a backend: local, processes or submitit (SLURM)")
+    common(w)
+    w.add_argument("--backend", default="local", choices=["local", "inprocess", "processes", "submitit"],
+                   help="local (in this process, default), processes (--workers local processes), submitit")
+    w.add_argument("--workers", type=int, default=2, help="processes backend: number of worker processes")
+    w.add_argument("--cluster", default=None, choices=["slurm", "local", "debug"],
+                   help="submitit: where jobs run (default: SLURM if available, else local)")
+    w.add_argument("--timeout-min", type=int, default=60, help="submitit: time limit per job in minutes")
+    w.add_argument("--partition", default=None, help="submitit: SLURM partition")
+    w.add_argument("--gpus-per-node", type=int, default=0, help="submitit: GPUs per job")
+    w.add_argument("--cpus-per-task", type=int, default=2, help="submitit: CPUs per job")
+    w.add_argument("--mem-gb", type=float, default=None, help="submitit: memory per job in GB")
+    w.add_argument("--array-parallelism", type=int, default=64, help="submitit: jobs of the array running at once")
+    w.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("results", help="comparison table of finished runs")
     s.add_argument("runs_dir", help="a runs folder (e.g. runs/quickstart)")
     s.add_argument("--markdown", action="store_true", help="print a Markdown table")

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -29,15 +29,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 __all__ = [
     "ConfigError",
+    "AugmentConfig",
     "DataConfig",
+    "EvalConfig",
     "ExperimentConfig",
     "LogConfig",
     "ModelConfig",
+    "RUNTIME_KEYS",
     "TrainConfig",
     "accepted_kwargs",
     "check_kwargs",
     "check_kwargs_used",
     "config_hash",
+    "run_hash",
     "list_experiments",
     "load_experiment",
     "parse_overrides",
@@ -64,12 +68,25 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied per batch on the device (see experiments/augment.py); all off by default."""
+
+    rotate: float = 0.0  # maximum rotation in degrees (uniform in [-rotate, rotate])
+    shift: float = 0.0  # maximum translation in pixels (uniform per axis)
+    scale: float = 0.0  # maximum relative zoom (uniform in [1 - scale, 1 + scale])
+    hflip: bool = False  # random horizontal flips (wrong for digits; right for natural images)
+    color: float = 0.0  # recolouring strength: random brightness, contrast and (RGB) per-channel gains
+    noise: float = 0.0  # std of additive Gaussian pixel noise
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"  # a name from `feedback list datasets`
     seed: int = 0  # the data seed, fixed across training seeds so seeds differ only in training
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset builder
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: under torchrun every rank takes batch_size / world_size of it
     eval_batch_size: int = 256
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -90,8 +107,33 @@ class TrainConfig:
     amp: bool = False  # autocast; bfloat16 on CPU, the amp_dtype on CUDA (float16 gets a GradScaler)
     amp_dtype: str = "bfloat16"  # bfloat16 | float16
     channels_last: bool = False  # NHWC memory format for model and inputs (faster convolutions on CPU and GPU)
+    compile: bool = False  # torch.compile the model for training (before DDP wrapping)
+    deterministic: bool = False  # deterministic kernels (CUBLAS_WORKSPACE_CONFIG, cudnn); else cudnn.benchmark on CUDA
+    grad_checkpoint: bool = False  # recompute every stage in the backward pass (torch.utils.checkpoint): less memory
+    average: str = "none"  # weight averaging: none | ema (exponential moving average) | swa (stochastic weight averaging)
+    ema_decay: float = 0.999  # average=ema: decay per optimizer step
+    swa_start: float = 0.75  # average=swa: fraction of the epochs after which each epoch's weights join the average
     log_every: int = 10  # optimizer steps between train-metric lines
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of every epoch)
+    stop_after_steps: int = 0  # stop (checkpoint, exit without DONE) after this many global steps; 0 never
+    resume: str = "auto"  # auto: resume from checkpoints/last.pt if its config matches, refuse if it differs;
+    #                       force: resume even if the config changed; never: set the old run aside and start over
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation beyond clean test accuracy, run once at the end of training (see experiments/evaluate.py)."""
+
+    noise: List[float] = field(default_factory=list)  # Gaussian pixel-noise stds, e.g. [0.1, 0.3]
+    occlusion: List[int] = field(default_factory=list)  # side lengths in pixels of a random grey occluding square
+    attacks: List[str] = field(default_factory=list)  # fgsm | pgd | ... (experiments.attacks)
+    eps: List[float] = field(default_factory=lambda: [0.03])  # attack budgets (L-inf, images in [0, 1])
+    attack_through: List[str] = field(default_factory=lambda: ["loop", "first"])  # the whole T-step loop, first pass only
+    attack_images: int = 256  # test images attacked (attacks are costly)
+    tta: bool = False  # test-time augmentation: average softmax over shifted (and, with hflip, flipped) copies
+    mc_dropout: int = 0  # average softmax over this many dropout resamples (0: off)
+    samples: int = 16  # prediction samples drawn as an image (samples.png and wandb); 0: none
 
 
 @dataclass
@@ -100,6 +142,7 @@ class LogConfig:
     project: str = "feedback"
     entity: Optional[str] = None
     progress: bool = True  # progress bars per sweep and per run
+    tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tb (needs the tensorboard package)
 
 
 @dataclass
@@ -111,6 +154,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -123,6 +167,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.supervise": ("all", "readout"),
     "train.multilabel_loss": ("softmax", "bce"),
     "train.amp_dtype": ("bfloat16", "float16"),
+    "train.average": ("none", "ema", "swa"),
+    "train.resume": ("auto", "force", "never"),
     "log.wandb": ("offline", "online", "disabled"),
 }
 # dict-valued fields: free keys below them, checked later against the builder's signature
@@ -156,7 +202,8 @@ def _check_keys(data: Any, cls: type, prefix: str, where: str) -> None:
             )
         sub = fields[key].type
         sub_cls = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
-                   "LogConfig": LogConfig}.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
+                   "LogConfig": LogConfig, "EvalConfig": EvalConfig, "AugmentConfig": AugmentConfig,
+                   }.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
         if sub_cls is not None:
             _check_keys(value, sub_cls, f"{full}.", where)
 
@@ -256,16 +303,32 @@ def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+# Keys that say how or where a run executes, not what it computes: they are left out of the cell name's hash and of
+# the resume check, so `train.device=cuda`, more threads, a checkpoint interval, torch.compile or a different runs
+# folder neither make a new cell nor block resuming a run. (channels_last, compile and grad_checkpoint change float
+# rounding at most; the dashboard settings change nothing that is computed.)
+RUNTIME_KEYS: tuple[str, ...] = (
+    "description", "runs_dir", "log", "train.device", "train.threads", "train.log_every", "train.checkpoint_every",
+    "train.stop_after_steps", "train.resume", "train.compile", "train.channels_last", "train.grad_checkpoint",
+    "train.deterministic", "eval.samples",
+)
+
+
 def config_hash(cfg: ExperimentConfig | dict, exclude: tuple[str, ...] = ("train.seed",)) -> str:
-    """A short stable hash of a config, leaving out ``exclude`` (dotted keys) and presentation-only keys."""
+    """A short stable hash of a config, leaving out ``exclude`` (dotted keys) and the :data:`RUNTIME_KEYS`."""
     d = json.loads(json.dumps(to_dict(cfg) if not isinstance(cfg, dict) else cfg, sort_keys=True, default=str))
-    for key in exclude + ("description", "log.progress", "runs_dir"):
+    for key in exclude + RUNTIME_KEYS:
         cur = d
         parts = key.split(".")
         for p in parts[:-1]:
             cur = cur.get(p, {})
         cur.pop(parts[-1], None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def run_hash(cfg: ExperimentConfig | dict) -> str:
+    """The hash a checkpoint records: every setting that changes what a run computes, the seed included."""
+    return config_hash(cfg, exclude=())
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -384,6 +447,19 @@ def check_choices(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if cfg.train.checkpoint_every < 0 or cfg.train.stop_after_steps < 0:
+        raise ConfigError("train.checkpoint_every and train.stop_after_steps must be >= 0")
+    if not 0.0 < cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be strictly between 0 and 1, got {cfg.train.ema_decay}")
+    if not 0.0 <= cfg.train.swa_start < 1.0:
+        raise ConfigError(f"train.swa_start must be in [0, 1), got {cfg.train.swa_start}")
+    for key in ("eval.noise", "eval.occlusion", "eval.eps"):
+        values = _get(cfg, key)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ConfigError(f"{key} must be a list of non-negative numbers, got {values}")
+    bad = [v for v in cfg.eval.attack_through if v not in ("loop", "first")]
+    if bad:
+        raise ConfigError(f"bad value '{bad[0]}' in 'eval.attack_through'; choose from: loop, first")
 
 
 def kwarg_names(fn: Callable, reserved: tuple[str, ...] = ()) -> list[str] | None:

@@ -2,6 +2,10 @@
 
 Reads only run directories (``result.json`` next to a ``DONE`` marker), so it works on any runs folder, copied
 from a cluster or half-finished. Spread is the sample standard deviation over seeds (``n`` says how many).
+
+Ensembles of seeds: every run keeps its test-set logits (``predictions.pt``), so a cell's seeds can be scored as
+one ensemble (the mean of their softmax outputs) without loading a model: ``acc_ens`` / ``hit_ens`` in the rows
+(an ``ens %`` column in the table when a cell has two or more seeds with predictions).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
         for m in metric_names:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             row[m], row[f"{m}_std"] = _mean_std(vals)
+        ens = _ensemble(rs)
+        if ens:
+            row.update({f"{k}_ens": v for k, v in ens.items()})
         cost = rs[0].get("cost", {})
         row["params"] = cost.get("backbone_params", 0) + cost.get("feedback_params", 0)
         row["feedback_params"] = cost.get("feedback_params", 0)
@@ -65,6 +72,21 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
         rows.append(row)
     rows.sort(key=lambda r: (r["experiment"], [str(r[k]) for k in keys]))
     return keys, rows
+
+
+def _ensemble(rs: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics of the mean softmax over the seeds' saved test predictions ({} if fewer than two have them)."""
+    paths = [Path(r["run_dir"]) / "predictions.pt" for r in rs if "run_dir" in r]
+    paths = [p for p in paths if p.is_file()]
+    if len(paths) < 2:
+        return {}
+    from experiments.evaluate import ensemble_metrics
+    from experiments.tasks import create_task
+
+    try:
+        return ensemble_metrics(paths, create_task("classify", multilabel=bool(rs[0].get("multilabel"))))
+    except (ValueError, RuntimeError, KeyError):
+        return {}
 
 
 def _pm(row: dict[str, Any], m: str, scale: float = 100.0) -> str:
@@ -83,6 +105,8 @@ def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any
     if any(r.get("hit") != r.get("acc") for r in rows):
         cols.append(("hit %", lambda r: _pm(r, "hit")))
     cols.append(("acc@step1 %", lambda r: _pm(r, "acc_step1")))
+    if any("acc_ens" in r for r in rows):
+        cols.append(("ens %", lambda r: f"{100 * r['acc_ens']:.1f}" if "acc_ens" in r else "-"))
     cols.append(("params", lambda r: f"{r['params']:,}"))
     cols.append(("+fb params", lambda r: f"{r['feedback_params']:,}"))
     cols.append(("MFLOPs", lambda r: f"{r['mflops']:.1f}"))

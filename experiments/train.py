@@ -4,25 +4,52 @@ A run directory ``runs/<experiment>/<cell>/seed<k>/`` ends up holding:
 
 - ``config.yaml``: the full resolved config (written first);
 - ``metrics.jsonl``: one JSON line per log call, appended and flushed (the source of truth);
-- ``checkpoints/last.pt``: model, optimizer, step, epoch and RNG states, written atomically (temp file +
-  ``os.replace``) at the end of every epoch; it loads with ``torch.load(..., weights_only=True)``;
-- ``wandb/offline-run-*``: the offline W&B mirror (unless ``log.wandb=disabled``);
-- ``result.json``: the final metrics, the compute cost and the environment;
-- ``DONE``: written last; a sweep skips run directories that have it.
+- ``checkpoints/last.pt``: everything needed to resume exactly (see :mod:`experiments.checkpoint`), written
+  atomically every ``train.checkpoint_every`` optimizer steps, at the end of every epoch and when the run is
+  stopped by a signal; it loads with ``torch.load(..., weights_only=True)``;
+- ``wandb/offline-run-*``: the offline W&B mirror (unless ``log.wandb=disabled``), one directory per segment of
+  a resumed run;
+- ``predictions.pt`` (test logits and labels, for ensembles at results time), ``samples.png``;
+- ``result.json``: the final metrics, the compute cost (parameters, FLOPs, time per step, peak memory) and the
+  environment;
+- ``DONE``: written last by the sweep; a sweep skips run directories that have it.
+
+**Exact resume.** ``train_run`` on a run directory holding a checkpoint continues from it: the shuffle is a pure
+function of (seed, epoch), the learning rate a pure function of the step, and the checkpoint restores the RNG
+states and the position inside the epoch, so a run stopped at any step and resumed (in a fresh process) ends with
+bit-identical parameters and ``metrics.jsonl`` lines on CPU (tested). A checkpoint of a different config is
+refused (:class:`~experiments.config.ConfigError`) unless ``train.resume=force``; ``train.resume=never`` sets the
+old directory aside (``<cell>/.attempts/``) and starts over.
+
+**Signals.** During a run SIGTERM and SIGINT set a flag that the loop polls after every optimizer step (every
+evaluation batch): the run writes a checkpoint, flushes ``metrics.jsonl``, finishes the wandb run with exit code
+``128 + signum`` and raises ``SystemExit(128 + signum)``. A second signal exits at once. SIGKILL loses the steps
+since the last checkpoint and nothing already in ``metrics.jsonl``.
+
+**Many GPUs.** ``torchrun --nproc_per_node=N -m experiments.train <experiment> [key=value ...]`` runs every cell of
+the experiment with DDP (see :mod:`experiments.distributed`): ``data.batch_size`` is the global batch, split evenly
+over the ranks; metrics are reduced over the ranks; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import os
 import platform
 import random
+import signal
 import subprocess
+import sys
+import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,13 +57,60 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 import baselines
-from experiments.config import ConfigError, ExperimentConfig, accepted_kwargs, to_dict
+from experiments.augment import augment_batch
+from experiments.checkpoint import (
+    CHECKPOINT,
+    VERSION,
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    set_aside,
+)
+from experiments.config import ConfigError, ExperimentConfig, accepted_kwargs, config_hash, run_hash, to_dict
 from experiments.data import DatasetSplits, ImageSet, create_dataset, dataset_builder
+from experiments.distributed import (
+    SINGLE,
+    DistEnv,
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+    shard_batch,
+)
+from experiments.evaluate import (
+    Interrupted,
+    attack_metrics,
+    evaluate,
+    predict_mc_dropout,
+    predict_tta,
+    robustness,
+    sample_figure,
+    save_predictions,
+)
 from experiments.tasks import create_task
-from experiments.tracking import RunLogger
+from experiments.tracking import NullLogger, RunLogger, truncate_metrics
 from feedback import FeedbackNet, feedback_class, feedback_cost
 
-__all__ = ["build_model", "load_data", "seed_everything", "select_device", "train_run"]
+__all__ = [
+    "RunStopped",
+    "TrainStep",
+    "WeightAverage",
+    "apply_runtime",
+    "build_model",
+    "enable_grad_checkpointing",
+    "epoch_order",
+    "evaluate",
+    "load_data",
+    "main",
+    "seed_everything",
+    "select_device",
+    "train_run",
+]
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose (``train.stop_after_steps``) after writing a checkpoint; it is not finished."""
 
 
 # --------------------------------------------------------------------------------------------------- setup
@@ -49,16 +123,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+def select_device(name: str, env: DistEnv = SINGLE) -> torch.device:
+    """``auto`` picks CUDA when present (``cuda:<LOCAL_RANK>`` under torchrun), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank if env.world_size > 1 else torch.cuda.current_device())
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"bad value '{name}' for 'train.device'; choose from: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and env.world_size > 1:
+        return torch.device("cuda", env.local_rank)
+    return dev
+
+
+def apply_runtime(cfg: ExperimentConfig) -> None:
+    """Process-wide switches, set on every run (a sweep in one process must not inherit the previous run's).
+
+    ``train.deterministic``: deterministic kernels everywhere (``CUBLAS_WORKSPACE_CONFIG=:4096:8``,
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``, cudnn deterministic, no cudnn autotuning); otherwise cudnn
+    picks the fastest convolution algorithms (``cudnn.benchmark``), which pays off for fixed input sizes.
+    """
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)  # warn, not fail, on ops without one
+    torch.backends.cudnn.deterministic = t.deterministic
+    torch.backends.cudnn.benchmark = not t.deterministic
 
 
 def load_data(cfg: ExperimentConfig) -> DatasetSplits:
@@ -66,7 +162,7 @@ def load_data(cfg: ExperimentConfig) -> DatasetSplits:
     options = accepted_kwargs(data_builder(cfg), cfg.data.options, "data.options", reserved=("seed",))
     try:
         return create_dataset(cfg.data.name, seed=cfg.data.seed, **options)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, FileNotFoundError) as e:
         raise ConfigError(f"data '{cfg.data.name}': {str(e).splitlines()[0]}") from None
 
 
@@ -93,7 +189,11 @@ def feedback_builder(cfg: ExperimentConfig) -> Any:
 
 
 def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet:
-    """The backbone from ``baselines`` with the feedback kind from ``feedback`` around it."""
+    """The backbone from ``baselines`` with the feedback kind from ``feedback`` around it.
+
+    ``model.backbone_args`` reach the backbone builder, so switches a backbone has (timm ResNets: ``drop_rate``,
+    ``drop_path_rate``, ``norm_layer``) are config switches without code here.
+    """
     m = cfg.model
     fb_args = accepted_kwargs(feedback_builder(cfg), m.feedback_args, "model.feedback_args", reserved=("shapes",))
     bb_args = accepted_kwargs(backbone_builder(cfg), m.backbone_args, "model.backbone_args",
@@ -109,14 +209,23 @@ def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet:
         raise ConfigError(f"model {m.backbone} + {m.feedback}: {str(e).splitlines()[0]}") from None
 
 
-def batches(ds: ImageSet, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> Iterator[tuple[Any, Any]]:
-    """Mini-batches of ``(images, labels)``; the shuffle is a pure function of (seed, epoch)."""
+def epoch_order(n: int, *, seed: int, epoch: int, world_size: int = 1) -> torch.Tensor:
+    """The epoch's sample order: a pure function of (seed, epoch), the same on every rank.
+
+    Under DDP the order is padded with its first indices to a multiple of ``world_size`` (as
+    ``DistributedSampler`` does), so every rank gets the same number of samples in every batch.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    pad = (-n) % world_size
+    return torch.cat([order, order[:pad]]) if pad else order
+
+
+def batches(ds: ImageSet, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+            start: int = 0) -> Iterator[tuple[Any, Any]]:
+    """Mini-batches of ``(images, labels)`` from batch ``start`` on; the shuffle is a pure function of (seed, epoch)."""
     n = len(ds)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    else:
-        order = torch.arange(n)
-    for i in range(0, n, batch_size):
+    order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else torch.arange(n)
+    for i in range(start * batch_size, n, batch_size):
         idx = order[i : i + batch_size]
         yield ds.images[idx], ds.labels[idx]
 
@@ -155,26 +264,205 @@ def _git_sha() -> str | None:
 def environment() -> dict[str, Any]:
     import timm
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "platform": platform.platform(), "git": _git_sha(), "cuda": torch.cuda.is_available()}
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": list(random.getstate()[1]), "torch": torch.get_rng_state(),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+           "platform": platform.platform(), "git": _git_sha(), "cuda": torch.cuda.is_available(),
+           "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
 
 
-# --------------------------------------------------------------------------------------------------- loop
+# --------------------------------------------------------------------------------------------------- model switches
+
+
+def _frozen_running_stats(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Batch-norm running statistics of ``module`` come out of the block as they went in."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+    @contextlib.contextmanager
+    def ctx() -> Iterator[None]:
+        saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                 for m in norms]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for m, old in zip(norms, saved):
+                    bufs = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                    for b, o in zip(bufs, old):
+                        b.copy_(o)
+
+    return ctx()
+
+
+def _checkpointed_forward(forward: Callable[..., Any], module: nn.Module, *args: Any) -> Any:
+    from torch.utils.checkpoint import checkpoint
+
+    if not (module.training and torch.is_grad_enabled()):
+        return forward(*args)
+    calls = {"n": 0}
+
+    def run(*a: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return forward(*a)
+        # the recomputation in the backward pass: same outputs (train-mode batch norm uses batch statistics),
+        # but it must not update the running statistics a second time (nor those of the wrong feedback step)
+        with _frozen_running_stats(module):
+            return forward(*a)
+
+    return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True)
+
+
+def enable_grad_checkpointing(model: FeedbackNet) -> int:
+    """Recompute every backbone stage in the backward pass instead of storing its activations.
+
+    Each stage module's ``forward`` is replaced (on the instance) by one that runs it under
+    ``torch.utils.checkpoint`` (non-reentrant, RNG preserved, so dropout masks repeat exactly) in training mode
+    with gradients on; parameter names and state dicts are unchanged. Returns the number of stages wrapped.
+    """
+    stages = model.backbone.stages
+    for stage in stages:
+        if "forward" not in stage.__dict__:
+            # functools.partial over the bound method deep-copies with the module (weight averaging copies models)
+            import functools
+
+            stage.forward = functools.partial(_checkpointed_forward, stage.forward, stage)
+    return len(stages)
+
+
+class WeightAverage(nn.Module):
+    """A running average of a model's weights: exponential (EMA) or equal-weight from a start epoch (SWA).
+
+    EMA (Polyak & Juditsky 1992; as timm's ``ModelEmaV3`` without warm-up): ``w_avg <- d * w_avg + (1 - d) * w``
+    after every optimizer step, buffers copied. SWA (Izmailov et al. 2018, "Averaging weights leads to wider optima
+    and better generalization", UAI): ``w_avg <- w_avg + (w - w_avg) / (n + 1)`` at the end of every epoch after
+    ``swa_start`` of training; batch-norm statistics are recomputed for the averaged weights before it is evaluated
+    (:meth:`recalibrate`), covering the per-step statistics of :class:`~feedback.FeedbackNet` too.
+    """
+
+    def __init__(self, model: nn.Module, *, kind: str, decay: float = 0.999) -> None:
+        super().__init__()
+        self.kind, self.decay = kind, decay
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        n = int(self.n_averaged)
+        for pa, p in zip(self.module.parameters(), model.parameters()):
+            if n == 0:
+                pa.copy_(p)
+            elif self.kind == "ema":
+                pa.lerp_(p.to(pa.dtype), 1.0 - self.decay)
+            else:
+                pa.add_((p - pa) / (n + 1))
+        if self.kind == "ema":
+            for ba, b in zip(self.module.buffers(), model.buffers()):
+                ba.copy_(b)
+        self.n_averaged += 1
+
+    @torch.no_grad()
+    def recalibrate(self, images: torch.Tensor, batch_size: int, device: torch.device,
+                    memory_format: torch.memory_format, amp: Callable[[], Any]) -> None:
+        """Recompute every running batch-norm statistic of the averaged model on ``images`` (cumulative average)."""
+        holders = [m for m in self.module.modules() if all(hasattr(m, n) for n in ("running_mean", "running_var"))]
+        norms = [m for m in holders if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        for m in holders:
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+            if getattr(m, "num_batches_tracked", None) is not None:
+                m.num_batches_tracked.zero_()
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = None  # cumulative moving average over the pass
+        was_training = self.module.training
+        self.module.train()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                for i in range(0, images.shape[0], batch_size):
+                    x = images[i : i + batch_size]
+                    x = x.to(device, memory_format=memory_format) if x.dim() == 4 else x.to(device)
+                    with amp():
+                        self.module(x)
+        finally:
+            for m, mom in zip(norms, momenta):
+                m.momentum = mom
+            self.module.train(was_training)
+
+
+class TrainStep:
+    """One optimizer step: forward under autocast (or not), loss over the steps, backward, clip, step.
+
+    The loss is returned as a tensor, never ``.item()``-ed here: a host sync per step costs GPU throughput, so the
+    loop reads it only when it logs.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, task: Any,
+                 *, amp: Callable[[], Any], supervise: str = "all", aux_weight: float = 1.0,
+                 grad_clip: float = 0.0) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler, self.task = model, optimizer, scheduler, scaler, task
+        self.amp, self.supervise, self.aux_weight, self.grad_clip = amp, supervise, aux_weight, grad_clip
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        with self.amp():
+            out = self.model(x)
+            if self.supervise == "all":
+                loss = torch.stack([self.task.loss(lg, y) for lg in out.per_step]).mean()
+            else:
+                loss = self.task.loss(out.logits, y)
+            total = loss + self.aux_weight * sum(out.aux_losses.values()) if out.aux_losses else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), out
+
+
+# --------------------------------------------------------------------------------------------------- signals
+
+_STOP = {"signum": 0}
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While a run trains, SIGTERM and SIGINT ask it to stop at the next step boundary; a second one exits now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP["signum"]:
+            raise SystemExit(128 + signum)
+        _STOP["signum"] = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _STOP["signum"] = 0
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _STOP["signum"] = 0
+
+
+def request_stop(signum: int = signal.SIGTERM) -> None:
+    """Ask the running loop to checkpoint and exit as if it had received ``signum`` (for tests and launchers)."""
+    _STOP["signum"] = signum
+
+
+# --------------------------------------------------------------------------------------------------- the run
 
 
 def _to(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
@@ -184,120 +472,383 @@ def _to(x: torch.Tensor, device: torch.device, memory_format: torch.memory_forma
     return x.to(device, non_blocking=True)
 
 
-@torch.no_grad()
-def evaluate(model: FeedbackNet, task: Any, ds: ImageSet, cfg: ExperimentConfig, device: torch.device,
-             amp: Any, memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
-    """Test metrics of the readout and of every step: ``acc``, ``hit``, ``loss``, ``acc_step<t>``."""
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    for x, y in batches(ds, cfg.data.eval_batch_size, shuffle=False, seed=0, epoch=0):
-        x, y = _to(x, device, memory_format), y.to(device)
-        with amp():
-            out = model(x)
-        b = x.shape[0]
-        n += b
-        sums["loss"] = sums.get("loss", 0.0) + task.loss(out.logits, y).item() * b
-        for k, v in task.correct(out.logits, y).items():
-            sums[k] = sums.get(k, 0.0) + v.sum().item()
-        for t, logits in enumerate(out.per_step, start=1):
-            sums[f"acc_step{t}"] = sums.get(f"acc_step{t}", 0.0) + task.correct(logits, y)["acc"].sum().item()
-    model.train()
-    return {k: v / n for k, v in sums.items()}
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    import resource
+
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _gather_logits(chunks: list[torch.Tensor | None], env: DistEnv) -> torch.Tensor | None:
+    """Re-interleave the per-rank test logits (batch ``b``'s rows ``rank::world``) into test order on rank 0."""
+    everyone = all_gather_objects(chunks, env)
+    if env.world_size == 1:
+        return torch.cat([c for c in chunks if c is not None]) if chunks else None
+    out = []
+    for b in range(len(everyone[0])):
+        parts = [everyone[r][b] for r in range(env.world_size)]
+        parts = [p for p in parts if p is not None]
+        n = sum(p.shape[0] for p in parts)
+        merged = torch.empty(n, parts[0].shape[-1])
+        for r, p in enumerate(parts):
+            merged[r::env.world_size] = p
+        out.append(merged)
+    return torch.cat(out) if out else None
 
 
 def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[str, Any],
-              progress_position: int = 1) -> dict[str, Any]:
-    """Train and evaluate one configuration in ``run_dir`` (created if needed); return the result dict."""
-    t_start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    device = select_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
+              progress_position: int = 1, env: DistEnv = SINGLE) -> dict[str, Any]:
+    """Train and evaluate one configuration in ``run_dir``, resuming from its checkpoint if it has one.
+
+    Returns:
+        the result dict (also written to ``result.json``).
+
+    Raises:
+        ConfigError: a checkpoint of another config is there (and ``train.resume`` is not ``force``).
+        RunStopped: ``train.stop_after_steps`` was reached (a checkpoint was written).
+        SystemExit: ``128 + signum`` after SIGTERM/SIGINT (a checkpoint was written).
+        FloatingPointError: the loss went NaN or infinite.
+    """
+    run_dir = Path(run_dir)
+    t = cfg.train
+    rhash = run_hash(cfg)
+    if t.resume == "never" and env.is_main and run_dir.is_dir() and any(run_dir.iterdir()):
+        set_aside(run_dir)
+    barrier(env)
+    ckpt = None
+    if t.resume != "never":
+        try:
+            ckpt = load_checkpoint(run_dir)
+        except ValueError as e:
+            raise ConfigError(f"{e}; pass train.resume=never to set the run aside and start over") from None
+        if ckpt is not None and ckpt.get("run_hash") != rhash and t.resume != "force":
+            raise ConfigError(
+                f"{run_dir} holds a checkpoint of a different config (hash {ckpt.get('run_hash')}, this config "
+                f"{rhash}); pass train.resume=force (--force) to resume it anyway or train.resume=never to start over")
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    threads_before = torch.get_num_threads()  # train.threads is for this run: an in-process sweep gets it back
+    apply_runtime(cfg)
+    device = select_device(t.device, env)
+    seed_everything(t.seed)
 
     data = load_data(cfg)
-    task = create_task(cfg.task, multilabel=data.multilabel, multilabel_loss=cfg.train.multilabel_loss)
+    task = create_task(cfg.task, multilabel=data.multilabel, multilabel_loss=t.multilabel_loss)
     model = build_model(cfg, data).to(device)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     input_size = (data.in_chans, data.image_size, data.image_size)
     cost = feedback_cost(model, input_size)
-    optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.data.batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    if env.rank:
+        torch.manual_seed(t.seed + 1_000_003 * env.rank)  # each rank its own dropout and augmentation stream
 
-    amp_dtype = torch.bfloat16 if (device.type == "cpu" or cfg.train.amp_dtype == "bfloat16") else torch.float16
-    def amp() -> Any:  # noqa: E306 - the autocast-or-no-op pattern
-        return torch.autocast(device.type, dtype=amp_dtype) if cfg.train.amp else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and amp_dtype == torch.float16)
+    averaged = WeightAverage(model, kind=t.average, decay=t.ema_decay) if t.average != "none" else None
+    if t.grad_checkpoint:
+        enable_grad_checkpointing(model)
+    train_model: nn.Module = torch.compile(model) if t.compile else model  # compile before DDP (as timm)
+    if env.world_size > 1:
+        # find_unused_parameters: a feedback kind's parameters are unused at steps=1 (and may be at some steps)
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    optimizer = make_optimizer(model, cfg)
+    B = cfg.data.batch_size
+    if B % env.world_size:
+        raise ConfigError(f"data.batch_size={B} must be divisible by the number of processes ({env.world_size})")
+    n_train = len(data.train) + (-len(data.train)) % env.world_size
+    steps_per_epoch = math.ceil(n_train / B)
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    amp_dtype = torch.bfloat16 if (device.type == "cpu" or t.amp_dtype == "bfloat16") else torch.float16
+
+    def amp() -> Any:  # the autocast-or-no-op pattern
+        return torch.autocast(device.type, dtype=amp_dtype) if t.amp else contextlib.nullcontext()
+
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp and amp_dtype == torch.float16)
+    step_fn = TrainStep(train_model, optimizer, scheduler, scaler, task, amp=amp, supervise=t.supervise,
+                        aux_weight=t.aux_weight, grad_clip=t.grad_clip)
+
+    step = epoch = batch_in_epoch = 0
+    metrics: dict[str, float] = {}
+    metrics_avg: dict[str, float] = {}
+    elapsed0, segment = 0.0, 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if averaged is not None and ckpt.get("average") is not None:
+            averaged.load_state_dict(ckpt["average"])
+        step, epoch, batch_in_epoch = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+        metrics, metrics_avg = dict(ckpt.get("metrics", {})), dict(ckpt.get("metrics_avg", {}))
+        elapsed0, segment = float(ckpt.get("elapsed", 0.0)), int(ckpt.get("segment", 1)) + 1
+        if env.is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", int(ckpt.get("metrics_offset", 0)))
 
     tags = [cfg.name] + [f"{k.split('.')[-1]}={v}" for k, v in variant.items()]
-    full_config = to_dict(cfg) | {"cell": cell, "env": environment()}
-    logger = RunLogger(run_dir, config=full_config, wandb_mode=cfg.log.wandb, project=cfg.log.project,
-                       entity=cfg.log.entity, group=cell, name=f"{cell}/seed{cfg.train.seed}", tags=tags)
+    full_config = to_dict(cfg) | {"cell": cell, "env": environment(), "world_size": env.world_size}
+    if env.is_main:
+        # the wandb id lives in the checkpoint: a resumed run continues it, a restarted one (set aside) gets a new one
+        wandb_id = (ckpt or {}).get("wandb_id") or uuid.uuid4().hex[:12]
+        logger: Any = RunLogger(run_dir, config=full_config, wandb_mode=cfg.log.wandb, project=cfg.log.project,
+                                entity=cfg.log.entity, group=cell, name=f"{cell}/seed{t.seed}", tags=tags,
+                                resume=ckpt is not None, time_offset=elapsed0, tensorboard=cfg.log.tensorboard,
+                                run_id=wandb_id)
+    else:
+        logger = NullLogger()
     bar = None
-    if cfg.log.progress:
+    if cfg.log.progress and env.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc=f"{cell[:48]} s{cfg.train.seed}", position=progress_position,
+        bar = tqdm(total=total_steps, initial=step, desc=f"{cell[:48]} s{t.seed}", position=progress_position,
                    leave=False, dynamic_ncols=True)
+    if ckpt is not None:  # last: nothing above may draw from the generators after this
+        states = ckpt["rng"]
+        if len(states) == env.world_size:
+            restore_rng(states[env.rank])
+        elif env.is_main:
+            print(f"feedback: warning: {run_dir} was checkpointed with {len(states)} process(es), resumed with "
+                  f"{env.world_size}: the RNG streams restart, so the resumed run is not bit-exact", file=sys.stderr)
+
+    def save() -> None:
+        rng = all_gather_objects(capture_rng(), env)
+        if env.is_main:
+            atomic_save({
+                "version": VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "average": averaged.state_dict() if averaged is not None else None, "rng": rng,
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "run_hash": rhash,
+                "config_hash": config_hash(cfg), "metrics": metrics, "metrics_avg": metrics_avg,
+                "metrics_offset": logger.offset(), "elapsed": logger.elapsed(), "segment": segment,
+                "world_size": env.world_size, "wandb_id": getattr(logger, "run_id", None),
+            }, run_dir / CHECKPOINT)
+        barrier(env)
+
+    def stop_requested() -> int:
+        return all_reduce_max(_STOP["signum"], env)
+
+    def eval_kw() -> dict[str, Any]:
+        return {"batch_size": cfg.data.eval_batch_size, "device": device, "amp": amp,
+                "memory_format": memory_format, "env": env,
+                "should_stop": (lambda: bool(_STOP["signum"])) if env.world_size == 1 else None}
+
+    aug = dataclasses.asdict(cfg.data.augment)
+    swa_first_epoch = math.floor(t.swa_start * t.epochs)
+    train_seconds, timed_steps = 0.0, 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     exit_code = 1
+    keep: list[torch.Tensor | None] = []
     try:
-        step = 0
-        model.train()
-        metrics: dict[str, float] = {}
-        for epoch in range(cfg.train.epochs):
-            for x, y in batches(data.train, cfg.data.batch_size, shuffle=True, seed=cfg.train.seed, epoch=epoch):
-                x, y = _to(x, device, memory_format), y.to(device, non_blocking=True)
-                with amp():
-                    out = model(x)
-                    if cfg.train.supervise == "all":
-                        loss = torch.stack([task.loss(lg, y) for lg in out.per_step]).mean()
-                    else:
-                        loss = task.loss(out.logits, y)
-                    aux = sum(out.aux_losses.values()) if out.aux_losses else None
-                    total = loss + cfg.train.aux_weight * aux if aux is not None else loss
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.train.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr or enable grad_clip")
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    row = {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0], "epoch": epoch}
-                    for k, v in out.aux_losses.items():
-                        row[f"train/aux/{k}"] = v.item()
-                    logger.log(row, step=step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            metrics = evaluate(model, task, data.test, cfg, device, amp, memory_format)
-            logger.log({f"test/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, step=step)
-            _atomic_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                 "step": step, "rng": _rng_state()},
-                run_dir / "checkpoints" / "last.pt",
-            )
-        elapsed = time.time() - t_start
+        with stop_signals():
+            try:
+                while epoch < t.epochs:
+                    if batch_in_epoch < steps_per_epoch:
+                        order = epoch_order(len(data.train), seed=t.seed, epoch=epoch, world_size=env.world_size)
+                        model.train()
+                        t0 = time.perf_counter()
+                        steps_before = step
+                        for b in range(batch_in_epoch, steps_per_epoch):
+                            idx = shard_batch(order[b * B : (b + 1) * B], env)
+                            x = _to(data.train.images[idx], device, memory_format)
+                            y = data.train.labels[idx].to(device, non_blocking=True)
+                            x = augment_batch(x, **aug)
+                            loss, out = step_fn(x, y)
+                            nonfinite |= ~torch.isfinite(loss)
+                            step, batch_in_epoch = step + 1, b + 1
+                            if averaged is not None and (
+                                    t.average == "ema" or (b == steps_per_epoch - 1 and epoch >= swa_first_epoch)):
+                                averaged.update(model)
+                            log_now = step % t.log_every == 0 or step == total_steps
+                            save_now = bool(t.checkpoint_every) and step % t.checkpoint_every == 0
+                            stop_now = t.stop_after_steps == step and step < total_steps
+                            if log_now or save_now or stop_now:
+                                if bool(nonfinite):
+                                    raise FloatingPointError(f"loss is not finite by step {step}; lower train.lr "
+                                                             "or set train.grad_clip")
+                            if log_now:
+                                row = {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}
+                                row.update({f"train/aux/{k}": v.item() for k, v in out.aux_losses.items()})
+                                row = all_reduce_mean(row, env) | {"epoch": epoch}
+                                logger.log(row, step=step)
+                                if bar is not None:
+                                    bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
+                            if bar is not None:
+                                bar.update(1)
+                            poll = env.world_size == 1 or log_now or save_now or b == steps_per_epoch - 1
+                            signum = stop_requested() if poll else 0
+                            if signum or save_now or stop_now:
+                                save()
+                            if signum:
+                                raise _Stop(signum)
+                            if stop_now:
+                                raise RunStopped(f"stopped after step {step} (train.stop_after_steps); "
+                                                 "rerun to resume")
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                        train_seconds += time.perf_counter() - t0
+                        timed_steps += step - steps_before
+                    # the epoch's training is done; evaluate it
+                    last = epoch == t.epochs - 1
+                    keep = []
+                    metrics = evaluate(model, task, data.test, keep_logits=keep if last else None, **eval_kw())
+                    row = {f"test/{k}": v for k, v in metrics.items()}
+                    if averaged is not None and int(averaged.n_averaged) > 0:
+                        if t.average == "swa":
+                            averaged.recalibrate(data.train.images, cfg.data.eval_batch_size, device,
+                                                 memory_format, amp)
+                        keep = []
+                        metrics_avg = evaluate(averaged.module, task, data.test, keep_logits=keep if last else None,
+                                               **eval_kw())
+                        row.update({f"test_avg/{k}": v for k, v in metrics_avg.items()})
+                    logger.log(row | {"epoch": epoch}, step=step)
+                    epoch, batch_in_epoch = epoch + 1, 0
+                    save()
+                    signum = stop_requested()
+                    if signum:
+                        raise _Stop(signum)
+
+                # training is done: the final evaluation (of the averaged weights when averaging)
+                final_model = averaged.module if averaged is not None and int(averaged.n_averaged) > 0 else model
+                final = dict(metrics_avg if final_model is not model else metrics)
+                extras = _final_evaluation(cfg, final_model, task, data, eval_kw())
+                final.update(extras)
+                if extras:
+                    logger.log({f"test/{k}": v for k, v in extras.items()}, step=step)
+            except Interrupted:
+                save()  # the state before the interrupted evaluation: it runs again on resume
+                raise _Stop(_STOP["signum"] or signal.SIGTERM) from None
+
+        logits = _gather_logits(keep, env) if keep else None
+        compute = {"train_step_ms": round(1000 * train_seconds / timed_steps, 3) if timed_steps else None,
+                   "train_images_per_s": round(timed_steps * B / train_seconds, 1) if train_seconds else None,
+                   "world_size": env.world_size, "device": str(device)} | _peak_memory_mb(device)
         result = {
-            "experiment": cfg.name, "cell": cell, "seed": cfg.train.seed, "variant": variant,
-            "metrics": metrics, "cost": cost, "train_steps": total_steps, "time_s": round(elapsed, 2),
-            "multilabel": data.multilabel, "wandb_dir": logger.wandb_dir, "env": full_config["env"],
+            "experiment": cfg.name, "cell": cell, "seed": t.seed, "variant": variant,
+            "metrics": final, "cost": cost, "compute": compute, "train_steps": total_steps,
+            "time_s": round(logger.elapsed(), 2), "segments": segment, "multilabel": data.multilabel,
+            "wandb_dir": logger.wandb_dir, "env": full_config["env"],
         }
-        logger.summary({f"test/{k}": v for k, v in metrics.items()} | {"time_s": elapsed})
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        if averaged is not None:
+            result["metrics_raw"] = metrics
+        if env.is_main:
+            if logits is not None:
+                save_predictions(run_dir / "predictions.pt", logits, data.test.labels[: logits.shape[0]])
+                if cfg.eval.samples > 0:
+                    k = min(cfg.eval.samples, logits.shape[0])
+                    path = sample_figure(run_dir / "samples.png", data.test.images[:k], data.test.labels[:k],
+                                         logits[:k], multilabel=data.multilabel, class_names=data.class_names)
+                    logger.log_image("samples", path, step=step, caption="test predictions (red: wrong)")
+            logger.summary({f"test/{k}": v for k, v in final.items()}
+                           | {f"compute/{k}": v for k, v in compute.items() if isinstance(v, (int, float))}
+                           | {"time_s": result["time_s"]})
+            (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
         exit_code = 0
         return result
+    except RunStopped:
+        exit_code = 0  # a deliberate pause, not a failure: the wandb segment ends cleanly
+        raise
+    except _Stop as s:
+        exit_code = 128 + s.signum
+        raise SystemExit(exit_code) from None
     finally:
         if bar is not None:
             bar.close()
         logger.finish(exit_code=exit_code)
+        torch.set_num_threads(threads_before)
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = int(signum)
+
+
+def _final_evaluation(cfg: ExperimentConfig, model: nn.Module, task: Any, data: DatasetSplits,
+                      kw: dict[str, Any]) -> dict[str, float]:
+    """Robustness, attacks, TTA and MC dropout (whatever ``eval.*`` asks for), on fixed random streams."""
+    e = cfg.eval
+    out: dict[str, float] = {}
+    device = kw["device"]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.train.seed)
+        if e.noise or e.occlusion:
+            out.update(robustness(model, task, data.test, noise=list(e.noise), occlusion_sizes=list(e.occlusion),
+                                  seed=cfg.data.seed, **kw))
+        if e.attacks:
+            out.update(attack_metrics(model, task, data.test, attacks=list(e.attacks), eps=list(e.eps),
+                                      through=list(e.attack_through), images=e.attack_images,
+                                      batch_size=kw["batch_size"], device=device, memory_format=kw["memory_format"],
+                                      env=kw["env"], should_stop=kw["should_stop"]))
+        if e.tta:
+            m = evaluate(model, task, data.test, predict=predict_tta(model, hflip=cfg.data.augment.hflip), **kw)
+            out.update({f"tta/{k}": v for k, v in m.items()})
+        if e.mc_dropout > 0:
+            m = evaluate(model, task, data.test, predict=predict_mc_dropout(model, e.mc_dropout), **kw)
+            out.update({f"mc_dropout/{k}": v for k, v in m.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- torchrun entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``torchrun --nproc_per_node=N -m experiments.train <experiment> [key=value ...]``: every cell, with DDP.
+
+    Rank 0 decides what each run needs (skip when done, resume, set aside; the same rules and locks as
+    ``feedback sweep``) and tells the other ranks; all ranks train; rank 0 writes. Also works without torchrun (one
+    process).
+    """
+    p = argparse.ArgumentParser(prog="python -m experiments.train", description=main.__doc__)
+    p.add_argument("experiment")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--retry-failed", action="store_true", help="run cells that failed before again")
+    p.add_argument("--force", action="store_true", help="resume checkpoints even if the config changed")
+    args = p.parse_args(argv)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from experiments.config import load_experiment
+    from experiments.distributed import broadcast_object, destroy_distributed, init_distributed
+    from experiments.sweep import claim_run, expand_grid, finish_run
+
+    overrides = list(args.overrides) + (["train.resume=force"] if args.force else [])
+    try:
+        cfg, grid = load_experiment(args.experiment, overrides)
+        cells = expand_grid(cfg, grid)
+    except ConfigError as e:
+        print(f"feedback: error: {e}", file=sys.stderr)
+        return 2
+    env = init_distributed(device_preference=cfg.train.device)
+    failed: list[str] = []
+    try:
+        for spec in [r for c in cells for r in c.runs]:
+            claim = claim_run(spec, retry_failed=args.retry_failed) if env.is_main else None
+            action = broadcast_object(claim.action if claim is not None else None, env)  # the run dir, resolved once
+            if action != "run":
+                if claim is not None and action == "failed":
+                    failed.append(f"{spec.cell}/seed{spec.seed} (failed earlier; --retry-failed reruns it)")
+                continue
+            try:
+                train_run(spec.cfg, spec.run_dir, cell=spec.cell, variant=spec.variant, env=env)
+                if claim is not None:
+                    finish_run(spec, claim, error=None)
+            except (Exception, SystemExit) as e:
+                if claim is not None:
+                    finish_run(spec, claim, error=e)
+                if isinstance(e, (SystemExit, RunStopped)):
+                    raise
+                failed.append(f"{spec.cell}/seed{spec.seed}: {type(e).__name__}: {e}")
+                if env.world_size > 1:
+                    raise  # the other ranks are in collectives that will never finish: let torchrun end them
+    except RunStopped as e:
+        print(f"feedback: {e}", file=sys.stderr)
+        return 0
+    finally:
+        destroy_distributed(env)
+    for f in failed:
+        print(f"feedback: failed: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -92,3 +92,31 @@ def test_config_hash_ignores_seed_but_not_settings():
     other, _ = load_experiment("quickstart", ["train.seed=5"])
     changed, _ = load_experiment("quickstart", ["train.epochs=9"])
     assert config_hash(cfg) == config_hash(other) != config_hash(changed)
+
+
+def test_runtime_keys_do_not_change_the_cell_or_the_run_hash():
+    from experiments.config import run_hash
+
+    cfg, _ = load_experiment("quickstart")
+    runtime, _ = load_experiment("quickstart", ["train.device=cpu", "train.threads=3", "train.checkpoint_every=5",
+                                                "train.compile=true", "log.wandb=disabled", "train.resume=force"])
+    assert config_hash(cfg) == config_hash(runtime) and run_hash(cfg) == run_hash(runtime)
+    seeded, _ = load_experiment("quickstart", ["train.seed=7"])
+    assert config_hash(cfg) == config_hash(seeded) and run_hash(cfg) != run_hash(seeded)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.resume=sometimes"], r"choose from: auto, force, never"),
+        (["train.average=polyak"], r"choose from: none, ema, swa"),
+        (["train.ema_decay=1.5"], r"ema_decay must be strictly between 0 and 1"),
+        (["eval.noise=[-0.1]"], r"eval.noise must be a list of non-negative numbers"),
+        (["eval.attack_through=[all]"], r"choose from: loop, first"),
+        (["data.augment.rotat=5"], r"did you mean 'data.augment.rotate'"),
+        (["train.checkpoint_every=-1"], r"must be >= 0"),
+    ],
+)
+def test_runner_switch_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_experiment("quickstart", overrides)

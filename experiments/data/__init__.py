@@ -15,6 +15,7 @@ Example::
 from . import cluttered as cluttered
 from . import digits as digits
 from . import pairs as pairs
+from . import torchvision_sets as torchvision_sets
 from ._registry import (
     DatasetSplits,
     ImageSet,
