@@ -42,6 +42,7 @@ def _validate(cells: list[Any]) -> None:
         data_builder,
         feedback_builder,
         load_data,
+        preset_args,
         select_device,
     )
 
@@ -49,8 +50,10 @@ def _validate(cells: list[Any]) -> None:
     first = cells[0].runs[0].cfg
     cfgs = [c.runs[0].cfg for c in cells]
     check_kwargs_used(first.data.options, {c.data.name: data_builder(c) for c in cfgs}, "data.options", ("seed",))
+    import baselines
+
     check_kwargs_used(first.model.backbone_args, {c.model.backbone: backbone_builder(c) for c in cfgs},
-                      "model.backbone_args", ("num_classes", "in_chans"))
+                      "model.backbone_args", ("num_classes", "in_chans"), tuple(baselines.GENERIC_OPTIONS))
     check_kwargs_used(first.model.feedback_args, {c.model.feedback: feedback_builder(c) for c in cfgs},
                       "model.feedback_args", ("shapes",))
     from experiments.config import ConfigError
@@ -82,12 +85,13 @@ def _validate(cells: list[Any]) -> None:
         for spec in cell.runs[:1]:
             cfg = spec.cfg
             select_device(cfg.train.device)
-            dkey = json.dumps([cfg.data.name, cfg.data.seed, cfg.data.options], sort_keys=True, default=str)
+            dkey = json.dumps([cfg.data.name, cfg.data.seed, cfg.data.options, preset_args(cfg)[1]], sort_keys=True,
+                              default=str)
             if dkey not in datasets:
                 datasets[dkey] = load_data(cfg)
             mkey = dkey + json.dumps(
                 [cfg.model.backbone, cfg.model.backbone_args, cfg.model.feedback, cfg.model.feedback_args,
-                 cfg.model.steps, cfg.model.readout, cfg.model.norm_stats], sort_keys=True, default=str)
+                 cfg.model.steps, cfg.model.readout, cfg.model.norm_stats, cfg.model.preset], sort_keys=True, default=str)
             if mkey not in models:
                 build_model(cfg, datasets[dkey])
                 models.add(mkey)
@@ -149,12 +153,32 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_models(pattern: str) -> int:
+    """name, family, parameters (default configuration), default input, input size range and source of each model."""
+    import baselines
+
+    rows = [("name", "family", "params", "input", "sizes", "source")]
+    for name in baselines.list_models(pattern):
+        info = baselines.model_info(name)
+        size = info.get("input_size") or ()
+        lo, hi = info.get("min_input_size"), info.get("max_input_size")
+        sizes = f"{lo or '?'}-{hi or ''}" if (lo or hi) else "-"
+        rows.append((name, str(info.get("family") or ""), f"{info.get('num_params', 0):,}",
+                     "x".join(str(v) for v in size), sizes, str(info.get("source") or "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import baselines
     import feedback
     from experiments.config import list_experiments
     from experiments.data import list_datasets
 
+    if args.what == "models":
+        return _list_models(args.pattern)
     items = {
         "models": baselines.list_models,
         "feedback": feedback.list_feedback,
@@ -163,6 +187,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     }[args.what]()
     print("\n".join(items))
     return 0
+
+
+def cmd_attend(args: argparse.Namespace) -> int:
+    from experiments.attend import run_attend
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "attend"
+    for key, path in run_attend(args.run_dir, args.method, args.images, out, extras=args.extras,
+                                wandb_mode=args.wandb, device=args.device).items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_tool(args: argparse.Namespace) -> int:
+    from experiments.tools.run import main as tool_main
+
+    return tool_main([args.tool] + (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,8 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs_dir", help="a runs folder (e.g. runs/quickstart)")
     s.add_argument("--markdown", action="store_true", help="print a Markdown table")
     s.set_defaults(fn=cmd_results)
+    a = sub.add_parser("attend", help="attention maps of a trained run, saved as PNG grids")
+    a.add_argument("run_dir", help="a finished run directory (config.yaml + checkpoints/last.pt)")
+    a.add_argument("--method", default="excitation", help="a readout (feedback.readout.METHODS), or name@layer")
+    a.add_argument("--images", type=int, default=8, help="test images to draw")
+    a.add_argument("--out", default=None, help="output folder (default: <run_dir>/attend)")
+    a.add_argument("--extras", action="store_true", help="also activations, first-layer weights, t-SNE, occlusion")
+    a.add_argument("--wandb", choices=["disabled", "offline", "online"], default="disabled")
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(fn=cmd_attend)
+    tl = sub.add_parser("tool", help="research tools: lowrank, proxies, obd, diagnostics")
+    tl.add_argument("tool", choices=["lowrank", "proxies", "obd", "diagnostics"])
+    tl.add_argument("--quick", action="store_true", help="the small, minutes-long version")
+    tl.add_argument("--out", default=None, help="output folder (default: runs/tools/<tool>/...)")
+    tl.set_defaults(fn=cmd_tool)
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "feedback", "datasets", "experiments"])
+    ls.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern for `list models` (e.g. 'resnet*')")
     ls.set_defaults(fn=cmd_list)
     return p
 

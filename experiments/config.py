@@ -65,6 +65,7 @@ class ModelConfig:
     steps: int = 1  # bottom-up passes T; steps=1 is the backbone exactly
     readout: str = "last"  # "last" step's logits or the "mean" over steps
     norm_stats: str = "per_step"  # batch-norm running statistics per step ("per_step") or one set ("shared")
+    preset: str = "default"  # "small": the backbone's registered small-input configuration and image size
 
 
 @dataclass
@@ -162,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("classify",),
     "model.readout": ("last", "mean"),
     "model.norm_stats": ("per_step", "shared"),
+    "model.preset": ("default", "small"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.supervise": ("all", "readout"),
@@ -486,9 +488,13 @@ def accepted_kwargs(fn: Callable, kwargs: dict[str, Any], where: str, reserved: 
 
 
 def check_kwargs_used(kwargs: dict[str, Any], builders: dict[str, Callable], where: str,
-                      reserved: tuple[str, ...] = ()) -> None:
-    """Every key of ``kwargs`` must be taken by at least one of ``builders`` ({name: fn}); else a ConfigError."""
-    valid: list[str] = []
+                      reserved: tuple[str, ...] = (), generic: tuple[str, ...] = ()) -> None:
+    """Every key of ``kwargs`` must be taken by at least one of ``builders`` ({name: fn}); else a ConfigError.
+
+    ``generic`` keys are valid for every builder (``baselines.GENERIC_OPTIONS`` such as ``coordconv``).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k not in generic}
+    valid: list[str] = list(generic)
     for fn in builders.values():
         names = kwarg_names(fn, reserved)
         if names is None:

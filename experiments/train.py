@@ -67,7 +67,15 @@ from experiments.checkpoint import (
     restore_rng,
     set_aside,
 )
-from experiments.config import ConfigError, ExperimentConfig, accepted_kwargs, config_hash, run_hash, to_dict
+from experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    accepted_kwargs,
+    config_hash,
+    kwarg_names,
+    run_hash,
+    to_dict,
+)
 from experiments.data import DatasetSplits, ImageSet, create_dataset, dataset_builder
 from experiments.distributed import (
     SINGLE,
@@ -157,9 +165,30 @@ def apply_runtime(cfg: ExperimentConfig) -> None:
     torch.backends.cudnn.benchmark = not t.deterministic
 
 
+def preset_args(cfg: ExperimentConfig) -> tuple[dict[str, Any], int | None]:
+    """The backbone arguments and image size of ``model.preset`` (``small``: the registry's small-input config)."""
+    if cfg.model.preset != "small":
+        return {}, None
+    try:
+        info = baselines.model_info(cfg.model.backbone)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    # no registered small configuration: the default one is already small (perceptron, MLP)
+    size = info.get("small_input_size") or (info.get("input_size") or (None, None, None))[-1]
+    args = {k: v for k, v in dict(info.get("small") or {}).items() if k not in ("num_classes", "in_chans")}
+    return args, size
+
+
 def load_data(cfg: ExperimentConfig) -> DatasetSplits:
-    """Build the dataset named in the config, checking its options against the builder's signature."""
+    """Build the dataset named in the config, checking its options against the builder's signature.
+
+    With ``model.preset=small`` and no explicit ``data.options.image_size``, images are resized to the backbone's
+    registered small input size (when the dataset builder takes ``image_size``).
+    """
     options = accepted_kwargs(data_builder(cfg), cfg.data.options, "data.options", reserved=("seed",))
+    _, size = preset_args(cfg)
+    if size is not None and "image_size" not in options and "image_size" in (kwarg_names(data_builder(cfg)) or []):
+        options["image_size"] = size
     try:
         return create_dataset(cfg.data.name, seed=cfg.data.seed, **options)
     except (TypeError, ValueError, FileNotFoundError) as e:
@@ -196,8 +225,10 @@ def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet:
     """
     m = cfg.model
     fb_args = accepted_kwargs(feedback_builder(cfg), m.feedback_args, "model.feedback_args", reserved=("shapes",))
+    generic = {k: v for k, v in m.backbone_args.items() if k in baselines.GENERIC_OPTIONS}  # e.g. coordconv
     bb_args = accepted_kwargs(backbone_builder(cfg), m.backbone_args, "model.backbone_args",
                               reserved=("num_classes", "in_chans"))
+    bb_args = preset_args(cfg)[0] | bb_args | generic
     try:
         backbone = baselines.create_model(m.backbone, num_classes=data.num_classes, in_chans=data.in_chans, **bb_args)
         return FeedbackNet(

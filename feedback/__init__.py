@@ -4,7 +4,14 @@ Every feedback kind is registered by name; ``FeedbackNet(backbone, kind, steps=T
 top-down loop on any model with ``stem``, ``stages`` and ``head`` (see :mod:`feedback.core`).
 """
 
-from . import deconv, none  # noqa: F401  (registers the kinds)
+from . import (  # noqa: F401  (registers the kinds)
+    deconv,
+    excitation,  # noqa: F401  (registers the 'excitation' kind)
+    generative,  # noqa: F401  (registers the kind)
+    none,
+    wta,  # noqa: F401  (registers the 'wta' kind)
+)
+from .cognitive import CognitiveFeedback  # noqa: F401  (registers the kind)
 from .core import (
     STAGED_ATTRS,
     Feedback,
@@ -21,6 +28,8 @@ from .core import (
     staged_forward,
 )
 from .cost import feedback_cost
+from .rectified import RectifiedFeedback  # noqa: F401  (registers the kind)
+from .tdm import TDMFeedback  # noqa: F401  (registers the kind)
 
 __all__ = [
     "STAGED_ATTRS",

@@ -203,6 +203,15 @@ class Feedback(nn.Module):
         super().__init__()
         self.shapes = shapes
 
+    def bind(self, backbone: nn.Module) -> None:
+        """Called by :class:`FeedbackNet` with the backbone the kind is attached to (default: nothing to do).
+
+        Kinds whose top-down pass reuses the backbone's own modules (tied weights: ``generative``, ``rectified``)
+        build their plan here; they must not register the backbone as a submodule (its parameters are the
+        backbone's, not the kind's).
+        """
+        return None
+
     def init_state(self, x: Tensor) -> Any:
         """The kind's state before step 0 (``None`` for stateless kinds)."""
         return None
@@ -305,6 +314,7 @@ class FeedbackNet(nn.Module):
             raise ValueError("feedback_kwargs only apply when feedback is given by name")
         self.backbone = backbone
         self.feedback = feedback
+        feedback.bind(backbone)
         self.steps = steps
         self.readout = readout
         self.norm_stats = norm_stats

@@ -48,7 +48,13 @@ def _backbone_names():
 
 
 def _kind_kwargs(kind):
-    return {"deconv": [{"combine": "add", "zero_init": False}, {"combine": "gain", "zero_init": False}]}.get(kind, [{}])
+    return {
+        "deconv": [{"combine": "add", "zero_init": False}, {"combine": "gain", "zero_init": False},
+                   {"combine": "gate", "targets": "all", "zero_init": False}],
+        "rectified": [{}],  # tied where the stage structure allows (bound on attach), learned elsewhere
+        "cognitive": [{}, {"hypothesis": "top1", "gate": "unit", "levels": 2}],
+        "tdm": [{"zero_init": False}, {"combine": "gain", "zero_init": False, "levels": 1, "width": 4}],
+    }.get(kind, [{}])
 
 
 @pytest.mark.parametrize("kind", list_feedback())

@@ -1,0 +1,435 @@
+"""The pointing game: does the maximum of a class's attention map fall on an object of that class?
+
+Protocol of Zhang, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by excitation backprop" (ECCV 2016 /
+IJCV 2018, section 5.1), as TorchRay's benchmark implements it (reference/methods.md section 2.1, item 8):
+
+1. For every test image and every class **present** in it (the ground-truth classes, not the predicted ones), the
+   readout's map for that class is resized to the image (:func:`feedback.readout.resize_maps`, aligned on the map
+   layer's receptive fields) and its arg-max taken: the point ``(u, v) = (column, row)``. Ties (binary maps, the
+   centre baseline on an even-sized image) go to the tied pixel nearest the centroid of all tied pixels (first in
+   raster order among equals), so a flat region points at its middle, not its top-left corner.
+2. It is a **hit** if some ground-truth pixel of that class lies at squared distance strictly below ``tau^2`` from
+   the point, else a miss. Ground truth: the class's **mask** (``gt="mask"``, COCO style) or the **union of its
+   boxes** (``gt="box"``, VOC style; a box ``(x0, y0, x1, y1)`` with exclusive ``x1, y1`` holds pixel ``(x, y)`` if
+   its centre ``(x + 0.5, y + 0.5)`` lies inside).
+3. The tolerance scales with resolution: ``tau = 15 px * side / 224`` (15 px at 224 px; 2.14 px at 32 px).
+4. Accuracy is the **mean over classes** of ``hits / (hits + misses)``, over classes with at least one trial.
+5. The **difficult** subset (this module's definition): the (image, class) pairs whose image holds **more than one
+   class** and whose class's objects are **small**: their total box area (mask area without boxes) is below
+   ``small_fraction`` of the image area, default 1/4 (the definition reference/methods.md attributes to the EB
+   paper, flagged there as unverified). On ``cluttered_digits`` at its defaults every digit covers 8.5-17% of the
+   image, so every digit is small and "difficult" is the set of two-digit images: the case where a class-blind map
+   must choose between two objects.
+
+The ``centre`` baseline points at the image centre for every class.
+
+Shapes: maps (B, 1, H, W); ground truth (H, W) bool.
+
+Example:
+    >>> import torch
+    >>> m = torch.zeros(1, 1, 8, 8); m[0, 0, 2, 5] = 1.0
+    >>> point_of(m[0, 0])
+    (5, 2)
+    >>> gt = torch.zeros(8, 8, dtype=torch.bool); gt[2, 7] = True
+    >>> is_hit((5, 2), gt, tolerance=2.0), is_hit((5, 2), gt, tolerance=2.5)
+    (False, True)
+    >>> game = PointingGame(num_classes=3)
+    >>> game.add(0, True); game.add(0, False); game.add(2, True, difficult=True)
+    >>> game.accuracy(), game.accuracy(difficult=True)
+    (0.75, 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "PointingGame",
+    "box_mask",
+    "difficult_pairs",
+    "evaluate_pointing",
+    "find_runs",
+    "format_pointing_table",
+    "ground_truth",
+    "is_hit",
+    "load_run",
+    "main",
+    "method_spec",
+    "point_of",
+    "run_pointing_game",
+    "summarize_pointing",
+    "tolerance_px",
+]
+
+TOLERANCE_AT_224 = 15.0
+DEFAULT_METHODS = ("centre", "gradient", "deconvnet", "guided_backprop", "excitation", "contrastive", "wta", "gradcam")
+GT_KINDS = ("mask", "box")
+
+
+def tolerance_px(image_size: int, *, at_224: float = TOLERANCE_AT_224) -> float:
+    """The pointing tolerance at ``image_size`` px: ``at_224 * image_size / 224`` (15 px at 224 px)."""
+    return at_224 * float(image_size) / 224.0
+
+
+def point_of(m: Tensor) -> tuple[int, int]:
+    """``(u, v) = (column, row)`` of the maximum of an (H, W) map; ties: nearest the tied pixels' centroid."""
+    if m.dim() != 2:
+        raise ValueError(f"point_of expects an (H, W) map, got shape {tuple(m.shape)}")
+    top = m.max()
+    ys, xs = (m == top).nonzero(as_tuple=True)
+    if ys.numel() == 1:
+        return int(xs[0]), int(ys[0])
+    cy, cx = ys.float().mean(), xs.float().mean()
+    i = int(((ys.float() - cy) ** 2 + (xs.float() - cx) ** 2).argmin())
+    return int(xs[i]), int(ys[i])
+
+
+def is_hit(point: tuple[int, int], gt: Tensor, *, tolerance: float) -> bool:
+    """True if a pixel of ``gt`` (H, W bool) lies at squared distance ``< tolerance**2`` from ``point`` (u, v)."""
+    ys, xs = gt.nonzero(as_tuple=True)
+    if ys.numel() == 0:
+        return False
+    u, v = point
+    d2 = (xs.float() - u) ** 2 + (ys.float() - v) ** 2
+    return bool((d2 < tolerance**2).any())
+
+
+def box_mask(boxes: Tensor, cls: int, size: tuple[int, int]) -> Tensor:
+    """Union of the boxes of class ``cls`` (rows ``(class, x0, y0, x1, y1)``, padding rows -1) as an (H, W) mask."""
+    H, W = size
+    out = torch.zeros(H, W, dtype=torch.bool)
+    yc = torch.arange(H, dtype=torch.float32)[:, None] + 0.5
+    xc = torch.arange(W, dtype=torch.float32)[None, :] + 0.5
+    for row in boxes:
+        if int(row[0]) != cls:
+            continue
+        x0, y0, x1, y1 = (float(v) for v in row[1:])
+        out |= (xc >= x0) & (xc < x1) & (yc >= y0) & (yc < y1)
+    return out
+
+
+def ground_truth(ds: Any, index: int, cls: int, *, gt: str = "mask") -> Tensor:
+    """The (H, W) bool ground truth of class ``cls`` in image ``index`` of an ImageSet with masks or boxes."""
+    H, W = ds.images.shape[-2:]
+    if gt == "mask":
+        if ds.masks is None:
+            raise ValueError("gt='mask' needs a dataset with masks; use gt='box'")
+        return ds.masks[index] == cls + 1
+    if gt == "box":
+        if ds.boxes is None:
+            raise ValueError("gt='box' needs a dataset with boxes; use gt='mask'")
+        return box_mask(ds.boxes[index], cls, (H, W))
+    raise ValueError(f"unknown ground truth '{gt}'; choose from: {', '.join(GT_KINDS)}")
+
+
+def _present(ds: Any, index: int) -> list[int]:
+    y = ds.labels[index]
+    if y.dim() == 0:
+        return [int(y)]
+    return [int(c) for c in (y > 0).nonzero().flatten()]
+
+
+def difficult_pairs(ds: Any, *, small_fraction: float = 0.25) -> dict[tuple[int, int], bool]:
+    """For every (image, present class): more than one class in the image and the class's objects small.
+
+    "Small": total box area (the mask's pixel count if the dataset has no boxes) below ``small_fraction`` of the
+    image area.
+    """
+    H, W = ds.images.shape[-2:]
+    area = float(H * W)
+    out: dict[tuple[int, int], bool] = {}
+    for i in range(len(ds)):
+        classes = _present(ds, i)
+        for c in classes:
+            if ds.boxes is not None:
+                rows = ds.boxes[i][ds.boxes[i][:, 0] == c]
+                a = float(((rows[:, 3] - rows[:, 1]) * (rows[:, 4] - rows[:, 2])).sum())
+            elif ds.masks is not None:
+                a = float((ds.masks[i] == c + 1).sum())
+            else:
+                raise ValueError("the difficult subset needs boxes or masks")
+            out[(i, c)] = len(classes) > 1 and a < small_fraction * area
+    return out
+
+
+class PointingGame:
+    """Hits and misses per class, on all pairs and on the difficult subset; accuracy = mean of class accuracies."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.hits = torch.zeros(2, num_classes, dtype=torch.long)  # row 0: all pairs, row 1: difficult pairs
+        self.trials = torch.zeros(2, num_classes, dtype=torch.long)
+
+    def add(self, cls: int, hit: bool, *, difficult: bool = False) -> None:
+        rows = (0, 1) if difficult else (0,)
+        for r in rows:
+            self.trials[r, cls] += 1
+            self.hits[r, cls] += int(hit)
+
+    def class_accuracies(self, *, difficult: bool = False) -> list[float | None]:
+        r = int(difficult)
+        return [None if int(t) == 0 else float(h) / float(t) for h, t in zip(self.hits[r], self.trials[r])]
+
+    def accuracy(self, *, difficult: bool = False) -> float:
+        accs = [a for a in self.class_accuracies(difficult=difficult) if a is not None]
+        return float(sum(accs) / len(accs)) if accs else float("nan")
+
+    def pairs(self, *, difficult: bool = False) -> int:
+        return int(self.trials[int(difficult)].sum())
+
+
+def method_spec(spec: str) -> tuple[Any, dict[str, Any]]:
+    """``"name"`` or ``"name@layer"`` (a stage index or a module name) -> (readout function, keyword arguments).
+
+    Example:
+        >>> fn, kw = method_spec("excitation@1")
+        >>> fn.__name__, kw
+        ('excitation_backprop', {'layer': 1})
+    """
+    from feedback.readout import get_method
+
+    name, _, layer = spec.partition("@")
+    kw: dict[str, Any] = {}
+    if layer:
+        kw["layer"] = int(layer) if layer.lstrip("-").isdigit() else layer
+    return get_method(name), kw
+
+
+def evaluate_pointing(
+    model: nn.Module,
+    ds: Any,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    gt: str = "mask",
+    tolerance: float | None = None,
+    small_fraction: float = 0.25,
+    num_classes: int | None = None,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Play the pointing game with each readout method on an ImageSet with masks or boxes.
+
+    Args:
+        model: the trained model (any module returning logits; a ``FeedbackNet`` with ``steps=1`` is unwrapped to
+            its backbone, which computes the same function).
+        ds: an :class:`~experiments.data.ImageSet` with ``masks`` and/or ``boxes``.
+        methods: names from :data:`feedback.readout.METHODS`, optionally ``name@layer`` (:func:`method_spec`).
+        gt: ``"mask"`` or ``"box"``.
+        tolerance: in pixels; default :func:`tolerance_px` of the image side.
+        small_fraction: area threshold of "small" for the difficult subset (see :func:`difficult_pairs`).
+        num_classes: default: the width of the labels.
+        max_images: use the first ``max_images`` images only.
+        batch_size: (image, class) pairs per readout call.
+        method_kwargs: extra keyword arguments per method spec (e.g. ``{"wta": {"theta": 0.3}}``).
+
+    Returns: ``{method: {"all", "difficult", "pairs", "difficult_pairs", "class_acc", "seconds"}}``.
+    """
+    if gt not in GT_KINDS:
+        raise ValueError(f"unknown ground truth '{gt}'; choose from: {', '.join(GT_KINDS)}")
+    fns = {m: method_spec(m) for m in methods}
+    if getattr(model, "steps", None) == 1 and hasattr(model, "backbone"):
+        model = model.backbone
+    n = len(ds) if max_images is None else min(len(ds), int(max_images))
+    H, W = ds.images.shape[-2:]
+    tol = tolerance if tolerance is not None else tolerance_px(min(H, W))
+    k = num_classes or (ds.labels.shape[1] if ds.labels.dim() == 2 else int(ds.labels.max()) + 1)
+    hard = difficult_pairs(ds, small_fraction=small_fraction)
+    pairs = [(i, c) for i in range(n) for c in _present(ds, i)]
+    truth = {(i, c): ground_truth(ds, i, c, gt=gt) for i, c in pairs}
+    device = next(model.parameters()).device
+    results: dict[str, dict[str, Any]] = {}
+    for name, fn in fns.items():
+        t0 = time.time()
+        game = PointingGame(k)
+        fn, kw = fn
+        kw = {**kw, **(method_kwargs or {}).get(name, {})}
+        for s in range(0, len(pairs), batch_size):
+            chunk = pairs[s : s + batch_size]
+            x = ds.images[[i for i, _ in chunk]].to(device)
+            target = torch.tensor([c for _, c in chunk], device=device)
+            maps = fn(model, x, target, resize=True, **kw).float().cpu()
+            if maps.shape[-2:] != (H, W):
+                raise ValueError(f"method {name} returned maps of size {tuple(maps.shape[-2:])}, expected {(H, W)}")
+            for (i, c), m in zip(chunk, maps):
+                game.add(c, is_hit(point_of(m[0]), truth[(i, c)], tolerance=tol), difficult=hard[(i, c)])
+        results[name] = {
+            "all": game.accuracy(),
+            "difficult": game.accuracy(difficult=True),
+            "pairs": game.pairs(),
+            "difficult_pairs": game.pairs(difficult=True),
+            "class_acc": game.class_accuracies(),
+            "seconds": round(time.time() - t0, 2),
+        }
+    return results
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[nn.Module, Any, Any]:
+    """``(model, data, cfg)`` of a trained run directory: its ``config.yaml`` and ``checkpoints/last.pt``.
+
+    The model is rebuilt with :func:`experiments.train.build_model` on :func:`experiments.train.load_data` and the
+    checkpoint loaded with ``torch.load(..., weights_only=True)``; it is returned in eval mode.
+    """
+    from experiments.config import ConfigError, load_experiment
+    from experiments.train import build_model, load_data
+
+    run_dir = Path(run_dir)
+    cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
+    if not cfg_path.is_file():
+        raise ConfigError(f"'{run_dir}' is not a run directory: no config.yaml")
+    if not ckpt_path.is_file():
+        raise ConfigError(f"'{run_dir}' has no checkpoint (checkpoints/last.pt): train it first")
+    cfg, _ = load_experiment(str(cfg_path))
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)
+    return model.to(device).eval(), data, cfg
+
+
+def run_pointing_game(
+    run_dir: str | Path,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    out_dir: str | Path | None = None,
+    gt: str = "mask",
+    small_fraction: float = 0.25,
+    max_images: int | None = None,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The pointing game on the test split of a trained run; writes ``pointing.json`` to ``out_dir`` (the run dir).
+
+    Returns ``{"run_dir", "backbone", "seed", "tolerance_px", "gt", "small_fraction", "images", "results"}`` with
+    ``results`` as in :func:`evaluate_pointing`.
+    """
+    model, data, cfg = load_run(run_dir, device=device)
+    if data.test.masks is None and data.test.boxes is None:
+        from experiments.config import ConfigError
+
+        raise ConfigError(f"dataset '{cfg.data.name}' has neither masks nor boxes: the pointing game needs one "
+                          "(use cluttered_digits)")
+    if data.test.masks is None and gt == "mask":
+        gt = "box"
+    results = evaluate_pointing(model, data.test, methods=methods, gt=gt, small_fraction=small_fraction,
+                                num_classes=data.num_classes, max_images=max_images, method_kwargs=method_kwargs)
+    side = int(min(data.test.images.shape[-2:]))
+    report = {
+        "run_dir": str(run_dir),
+        "backbone": cfg.model.backbone,
+        "feedback": cfg.model.feedback,
+        "steps": cfg.model.steps,
+        "seed": cfg.train.seed,
+        "tolerance_px": tolerance_px(side),
+        "gt": gt,
+        "small_fraction": small_fraction,
+        "images": len(data.test) if max_images is None else min(len(data.test), int(max_images)),
+        "results": results,
+    }
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pointing.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summarize_pointing(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and sample std over runs (seeds) per backbone and method: ``{backbone: {method: {...}}}``."""
+    by: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in reports:
+        for m, v in r["results"].items():
+            by.setdefault(r["backbone"], {}).setdefault(m, []).append((v["all"], v["difficult"]))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for bb, methods in by.items():
+        out[bb] = {}
+        for m, vals in methods.items():
+            cols = {}
+            for j, key in enumerate(("all", "difficult")):
+                xs = [v[j] for v in vals]
+                mean = sum(xs) / len(xs)
+                std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+                cols[key], cols[f"{key}_std"] = mean, std
+            cols["n"] = len(vals)
+            out[bb][m] = cols
+    return out
+
+
+def format_pointing_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A Markdown table: one row per method, ``All`` and ``Difficult`` per backbone (mean ± std %, n seeds)."""
+    backbones = sorted(summary)
+    methods: list[str] = []
+    for bb in backbones:
+        methods += [m for m in summary[bb] if m not in methods]
+    head = "| method | " + " | ".join(f"{bb} All | {bb} Difficult" for bb in backbones) + " |"
+    sep = "|---|" + "---|---|" * len(backbones)
+    lines = [head, sep]
+    for m in methods:
+        cells = []
+        for bb in backbones:
+            v = summary[bb].get(m)
+            if v is None:
+                cells += ["", ""]
+                continue
+            for key in ("all", "difficult"):
+                cells.append(f"{100 * v[key]:.1f} ± {100 * v[key + '_std']:.1f}" if v["n"] > 1
+                             else f"{100 * v[key]:.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run directories under ``root`` (or ``root`` itself) holding ``config.yaml`` and ``checkpoints/last.pt``."""
+    root = Path(root)
+    found = [p.parent for p in sorted(root.rglob("config.yaml"))
+             if (p.parent / "checkpoints" / "last.pt").is_file() and ".attempts" not in p.parts]
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.pointing <run-or-runs-dir> [--methods m1,m2] [--max-images N] [--gt mask|box]``.
+
+    Plays the pointing game on every trained run under the folder, writes ``pointing.json`` into each run and
+    ``pointing.md`` (mean ± std over seeds per backbone) into the folder, and prints the table.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.pointing", description=main.__doc__)
+    p.add_argument("runs", help="a run directory or a folder of runs (e.g. runs/pointing_game)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated readout names")
+    p.add_argument("--max-images", type=int, default=None, help="score only the first N test images")
+    p.add_argument("--gt", choices=GT_KINDS, default="mask", help="ground truth: masks or the union of boxes")
+    p.add_argument("--small-fraction", type=float, default=0.25, help="area fraction below which an object is small")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    args = p.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    runs = find_runs(args.runs)
+    if not runs:
+        print(f"pointing: no trained runs (config.yaml + checkpoints/last.pt) under '{args.runs}'")
+        return 2
+    methods = [m for m in args.methods.split(",") if m]
+    reports = []
+    for r in runs:
+        rep = run_pointing_game(r, methods=methods, gt=args.gt, small_fraction=args.small_fraction,
+                                max_images=args.max_images, device=device)
+        reports.append(rep)
+        print(f"{r}: " + ", ".join(f"{m} {100 * v['all']:.1f}/{100 * v['difficult']:.1f}"
+                                   for m, v in rep["results"].items()))
+    table = format_pointing_table(summarize_pointing(reports))
+    print(table)
+    root = Path(args.runs)
+    (root / "pointing.md").write_text(
+        f"Pointing game, per-class mean accuracy % (All | Difficult), mean ± std over seeds; tolerance "
+        f"{reports[0]['tolerance_px']:.2f} px, ground truth {reports[0]['gt']}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
