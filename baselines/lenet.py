@@ -350,7 +350,10 @@ class LeNet5ReLU(_StagedSequential):
         self.head = nn.Linear(84, num_classes)
 
 
-@register_model
+@register_model(
+    family="LeNet", source="hand-written (paper)", paper="LeCun et al. 1998", min_input_size=32, max_input_size=32,
+    small={}, small_input_size=32,
+)
 def lenet5(*, num_classes: int = 10, in_chans: int = 1, rbf_seed: int = 0) -> LeNet5:
     """Paper-faithful LeNet-5 (LeCun et al. 1998), 60,000 trainable parameters; ``rbf_seed`` seeds the fixed codes.
 
@@ -361,7 +364,10 @@ def lenet5(*, num_classes: int = 10, in_chans: int = 1, rbf_seed: int = 0) -> Le
     return LeNet5(num_classes=num_classes, in_chans=in_chans, rbf_seed=rbf_seed)
 
 
-@register_model
+@register_model(
+    family="LeNet", source="hand-written (modern variant)", paper="LeCun et al. 1998", min_input_size=32,
+    max_input_size=32, small={}, small_input_size=32,
+)
 def lenet5_relu(*, num_classes: int = 10, in_chans: int = 1) -> LeNet5ReLU:
     """Modern LeNet-5 (ReLU, max-pool, full C3, linear head), 61,706 parameters.
 
