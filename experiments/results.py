@@ -69,6 +69,9 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
         row["feedback_params"] = cost.get("feedback_params", 0)
         row["mflops"] = cost.get("flops", 0) / 1e6
         row["time_s"] = sum(r.get("time_s", 0) for r in rs) / len(rs)
+        step_ms = [r.get("compute", {}).get("train_step_ms") for r in rs]
+        step_ms = [v for v in step_ms if v is not None]
+        row["step_ms"] = sum(step_ms) / len(step_ms) if step_ms else None
         rows.append(row)
     rows.sort(key=lambda r: (r["experiment"], [str(r[k]) for k in keys]))
     return keys, rows
@@ -110,6 +113,8 @@ def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any
     cols.append(("params", lambda r: f"{r['params']:,}"))
     cols.append(("+fb params", lambda r: f"{r['feedback_params']:,}"))
     cols.append(("MFLOPs", lambda r: f"{r['mflops']:.1f}"))
+    if any(r.get("step_ms") is not None for r in rows):
+        cols.append(("ms/step", lambda r: "-" if r.get("step_ms") is None else f"{r['step_ms']:.1f}"))
     cols.append(("s/run", lambda r: f"{r['time_s']:.1f}"))
     return cols
 
