@@ -144,6 +144,7 @@ class LogConfig:
     entity: Optional[str] = None
     progress: bool = True  # progress bars per sweep and per run
     tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tb (needs the tensorboard package)
+    diagnostics: bool = False  # per-module gradient norms and dead/zero ReLU shares at every log step (diag/*)
 
 
 @dataclass

@@ -629,6 +629,11 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                                 run_id=wandb_id)
     else:
         logger = NullLogger()
+    monitor = None
+    if cfg.log.diagnostics:  # gradient-vanishing and dead-unit diagnostics (experiments/tools/diagnostics.py)
+        from experiments.tools.diagnostics import ReLUMonitor, grad_norms
+
+        monitor = ReLUMonitor(model)
     bar = None
     if cfg.log.progress and env.is_main:
         from tqdm.auto import tqdm
@@ -701,6 +706,10 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                             if log_now:
                                 row = {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}
                                 row.update({f"train/aux/{k}": v.item() for k, v in out.aux_losses.items()})
+                                if monitor is not None:  # the step's gradients are still in .grad here
+                                    row.update(grad_norms(model, prefix="diag/grad_norm/"))
+                                    row.update(monitor.summary(prefix="diag/"))
+                                    monitor.reset()
                                 row = all_reduce_mean(row, env) | {"epoch": epoch}
                                 logger.log(row, step=step)
                                 if bar is not None:
@@ -786,6 +795,8 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     finally:
         if bar is not None:
             bar.close()
+        if monitor is not None:
+            monitor.remove()
         logger.finish(exit_code=exit_code)
         torch.set_num_threads(threads_before)
 
