@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _kinds import build, check_cuda_float32_and_bf16, models
 
 import baselines
 import feedback.rectified
@@ -16,34 +17,7 @@ from feedback.rectified import RectifiedFeedback, _conv_transpose, _unpool, stag
 # ------------------------------------------------------------------------------------------- every baseline
 
 
-# Fast tier: cheap models covering every stage structure a kind meets: maps with tanh, ReLU and max-pool stages and a
-# vector stage (LeNets), residual stacks with batch norm (ResNet), vector-only stages (MLP), a single stage
-# (perceptron), two images stacked along the batch (Siamese), token stages (ViT: skipped, with the reason).
-# Slow tier: every other registered model, at the registry's small configuration.
-FAST_NAMES = ("lenet5", "lenet5_relu", "resnet18_small", "mlp", "perceptron", "siamese", "vit_tiny_patch4_32")
-
-
-def _models():
-    info = getattr(baselines, "model_info", None)
-    rows = []
-    for name in baselines.list_models():
-        meta = info(name) if info else {}
-        rows.append((name, dict(meta.get("small") or {}), meta.get("small_input_size")))
-    return [r for r in rows if r[0] in FAST_NAMES], [r for r in rows if r[0] not in FAST_NAMES]
-
-
-FAST, SLOW = _models()
-
-
-def _build(name, kw, side):
-    torch.manual_seed(0)
-    model = baselines.create_model(name, **{"num_classes": 10, **kw})
-    for p in model.parameters():  # zero-initialised weights (the perceptron's) would block every gradient
-        if p.dim() > 1 and not p.detach().any():
-            nn.init.normal_(p, std=0.1)
-    c, h, w = model.input_size
-    return model, (c, h, w) if side is None else (c, side, side)
-
+FAST, SLOW = models()
 
 def _unsupported(shapes):
     bad = [s for s in shapes.inputs + shapes.outputs if len(s) not in (1, 3)]
@@ -81,13 +55,13 @@ def _check_contract(model, size):
 
 @pytest.mark.parametrize("name,kw,side", FAST)
 def test_every_baseline_fast_tier(name, kw, side):
-    _check_contract(*_build(name, kw, side))
+    _check_contract(*build(name, kw, side))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,kw,side", SLOW)
 def test_every_other_baseline(name, kw, side):
-    _check_contract(*_build(name, kw, side))
+    _check_contract(*build(name, kw, side))
 
 
 # ------------------------------------------------------------------------------------------- the maps
@@ -287,23 +261,7 @@ KIND, KWARGS = "rectified", {}
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["lenet5_relu", "resnet18_small"])
 def test_cuda_float32_and_bf16(name):
-    """On CUDA: steps=1 is the backbone, the CPU and CUDA loops agree, gradients reach every parameter, bf16 runs."""
-    model, size = _build(name, {"channels": (8, 16, 16, 32)} if name == "resnet18_small" else {}, None)
-    net = FeedbackNet(model, KIND, steps=3, input_size=size, feedback_kwargs=KWARGS).eval()
-    x = torch.randn(4, *size)
-    cpu = net(x).logits
-    net = net.cuda()
-    xc = x.cuda()
-    assert torch.equal(FeedbackNet(model, net.feedback, steps=1).eval()(xc).logits, model(xc))
-    torch.testing.assert_close(net(xc).logits.cpu(), cpu, rtol=1e-3, atol=1e-3)
-    net.train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = net(xc)
-    out.logits.float().square().mean().backward()
-    assert torch.isfinite(out.logits.float()).all()
-    for pname, p in net.feedback.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, pname
-
+    check_cuda_float32_and_bf16(KIND, KWARGS, name)
 
 def test_docstring_examples_run():
     result = doctest.testmod(feedback.rectified, optionflags=doctest.ELLIPSIS)
