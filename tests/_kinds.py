@@ -52,3 +52,24 @@ def check_cuda_float32_and_bf16(kind, kwargs, name):
     assert torch.isfinite(out.logits.float()).all()
     for pname, p in net.feedback.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def check_kind_contract(model, size, fb):
+    """The kind ``fb`` on ``model``: steps=1 is the backbone, gradients reach its parameters, no leak across
+    batches, per-sample results, bf16 autocast runs."""
+    x = torch.randn(2, *size)
+    ref = model.eval()(x)
+    assert torch.equal(FeedbackNet(model, fb, steps=1).eval()(x).logits, ref)
+    net = FeedbackNet(model, fb, steps=2).train()
+    net(x).logits.square().mean().backward()
+    for pname, p in fb.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    net.eval()
+    first = net(x).logits
+    net(torch.randn(2, *size))
+    assert torch.equal(net(x).logits, first)  # nothing leaks between batches
+    torch.testing.assert_close(net(x[:1]).logits, first[:1], rtol=1e-4, atol=1e-5)  # per sample
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lg = net.train()(x).logits
+    assert torch.isfinite(lg.float()).all()
+    lg.float().sum().backward()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _kinds import build, check_cuda_float32_and_bf16, models
+from _kinds import build, check_cuda_float32_and_bf16, check_kind_contract, models
 
 import feedback
 import feedback.tdm
@@ -25,23 +25,8 @@ def _check_contract(model, size, **kw):
         pytest.skip(f"stage shape {bad[0]} is neither a map (C, H, W) nor a vector (C,)")
     if shapes.num_stages < 2:
         pytest.skip("a single stage: a top-down pathway needs a stage above another")
-    x = torch.randn(2, *size)
-    ref = model.eval()(x)
     fb = TDMFeedback(shapes=shapes, **kw)
-    assert torch.equal(FeedbackNet(model, fb, steps=1).eval()(x).logits, ref)
-    net = FeedbackNet(model, fb, steps=2).train()
-    net(x).logits.square().mean().backward()
-    for pname, p in fb.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, pname
-    net.eval()
-    first = net(x).logits
-    net(torch.randn(2, *size))
-    assert torch.equal(net(x).logits, first)  # nothing leaks between batches
-    torch.testing.assert_close(net(x[:1]).logits, first[:1], rtol=1e-4, atol=1e-5)  # per sample
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        lg = net.train()(x).logits
-    assert torch.isfinite(lg.float()).all()
-    lg.float().sum().backward()
+    check_kind_contract(model, size, fb)
 
 
 @pytest.mark.parametrize("name,kw,side", FAST)
