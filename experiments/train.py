@@ -185,9 +185,10 @@ def load_data(cfg: ExperimentConfig) -> DatasetSplits:
     With ``model.preset=small`` and no explicit ``data.options.image_size``, images are resized to the backbone's
     registered small input size (when the dataset builder takes ``image_size``).
     """
-    options = accepted_kwargs(data_builder(cfg), cfg.data.options, "data.options", reserved=("seed",))
+    builder = data_builder(cfg)
+    options = accepted_kwargs(builder, cfg.data.options, "data.options", reserved=("seed",))
     _, size = preset_args(cfg)
-    if size is not None and "image_size" not in options and "image_size" in (kwarg_names(data_builder(cfg)) or []):
+    if size is not None and "image_size" not in options and "image_size" in (kwarg_names(builder) or []):
         options["image_size"] = size
     try:
         return create_dataset(cfg.data.name, seed=cfg.data.seed, **options)
