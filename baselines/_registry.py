@@ -77,6 +77,7 @@ INFO_KEYS: dict[str, Any] = {
     "small": None,  # create_model keyword arguments of a fast configuration (may set num_classes / in_chans)
     "small_input_size": None,  # input side for that configuration; None: the built model's own input size
     "slow": False,  # True if even the small configuration is too slow for the fast test tier on a CPU
+    "staged": True,  # False for models without the Staged view (sequence, set, graph, implicit models: docs/tasks.md)
 }
 
 EntryPoint = Callable[..., nn.Module]
@@ -208,6 +209,7 @@ def register_model(
     small: Mapping[str, Any] | None = None,
     small_input_size: int | None = None,
     slow: bool = False,
+    staged: bool = True,
 ) -> F | Callable[[F], F]:
     """Register a keyword-only model entry point under ``fn.__name__`` (decorator), here and in timm.
 
@@ -225,6 +227,9 @@ def register_model(
             cells); it may set ``num_classes`` and ``in_chans``. ``None``: the defaults are already small.
         small_input_size: the square input side for ``small`` (``None``: the built model's own input size).
         slow: even the small configuration is too slow for the fast test tier (registry-driven tests mark it slow).
+        staged: the model exposes the Staged view (``stem``, ``stages``, ``head``) on image input. ``False`` for
+            sequence, set, graph and implicit models, which the runner trains without a feedback kind
+            (docs/tasks.md); image-only checks skip them.
 
     Raises:
         ValueError: the name is already registered by a different function (re-executing the same definition,
@@ -251,6 +256,7 @@ def register_model(
         small=small,
         small_input_size=small_input_size,
         slow=bool(slow),
+        staged=bool(staged),
     )
 
     def decorate(f: F) -> F:
@@ -274,15 +280,21 @@ def register_model(
     return decorate if fn is None else decorate(fn)
 
 
-def list_models(pattern: str = "*") -> list[str]:
+def list_models(pattern: str = "*", *, staged: bool | None = None) -> list[str]:
     """Sorted names of the registered models that match the shell-style ``pattern`` (``fnmatch``).
+
+    ``staged=True`` keeps only the models with the Staged view (the image backbones feedback attaches to),
+    ``staged=False`` only the others; ``None`` (default) lists all.
 
     Example:
         >>> import baselines
         >>> baselines.list_models("lenet*")
         ['lenet5', 'lenet5_relu']
     """
-    return sorted(fnmatch.filter(_REGISTRY, pattern))
+    names = sorted(fnmatch.filter(_REGISTRY, pattern))
+    if staged is None:
+        return names
+    return [n for n in names if _INFO.get(n, INFO_KEYS)["staged"] == staged]
 
 
 def model_entrypoint(name: str) -> EntryPoint:

@@ -18,7 +18,7 @@ FAST_NAMES = ("lenet5", "lenet5_relu", "resnet18_small", "mlp", "perceptron", "s
 def models():
     """(fast, slow): lists of (name, small-config kwargs, small input size) from the registry."""
     rows = []
-    for name in baselines.list_models():
+    for name in baselines.list_models(staged=True):
         meta = baselines.model_info(name)
         rows.append((name, dict(meta.get("small") or {}), meta.get("small_input_size")))
     return [r for r in rows if r[0] in FAST_NAMES], [r for r in rows if r[0] not in FAST_NAMES]

@@ -38,7 +38,7 @@ def small_case(name: str) -> tuple[dict, int | None]:
 def registry_params() -> list:
     """Every registered name, marked slow where the registry says even its small configuration is slow."""
     slow = pytest.mark.slow
-    return [pytest.param(n, marks=slow) if baselines.model_info(n)["slow"] else n for n in baselines.list_models()]
+    return [pytest.param(n, marks=slow) if baselines.model_info(n)["slow"] else n for n in baselines.list_models(staged=True)]
 
 
 def run_staged(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

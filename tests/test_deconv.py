@@ -27,7 +27,7 @@ def _info(name):
 
 @functools.lru_cache(maxsize=1)
 def _cases():
-    infos = {n: _info(n) for n in baselines.list_models()}
+    infos = {n: _info(n) for n in baselines.list_models(staged=True)}
     smallest = {}
     for n, i in sorted(infos.items(), key=lambda kv: kv[1]["num_params"]):
         smallest.setdefault(i["family"], n)

@@ -19,8 +19,10 @@ from . import torchvision_sets as torchvision_sets
 from ._registry import (
     DatasetSplits,
     ImageSet,
+    SampleSet,
     create_dataset,
     dataset_builder,
+    index_inputs,
     list_datasets,
     register_dataset,
 )
@@ -28,8 +30,10 @@ from ._registry import (
 __all__ = [
     "DatasetSplits",
     "ImageSet",
+    "SampleSet",
     "create_dataset",
     "dataset_builder",
+    "index_inputs",
     "list_datasets",
     "register_dataset",
 ]

@@ -26,6 +26,8 @@ import torch
 __all__ = [
     "DatasetSplits",
     "ImageSet",
+    "SampleSet",
+    "index_inputs",
     "create_dataset",
     "dataset_builder",
     "list_datasets",
@@ -35,6 +37,51 @@ __all__ = [
 DatasetBuilder = Callable[..., "DatasetSplits"]
 
 _DATASETS: dict[str, DatasetBuilder] = {}
+
+
+def _first_dim(inputs: torch.Tensor | dict[str, torch.Tensor]) -> int:
+    if isinstance(inputs, dict):
+        sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise ValueError(f"the tensors of a dict input must share their first dimension, got {sizes}")
+        return next(iter(sizes.values()))
+    return int(inputs.shape[0])
+
+
+def index_inputs(inputs: torch.Tensor | dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Rows ``idx`` of an input tensor, or of every tensor of a dict input."""
+    if isinstance(inputs, dict):
+        return {k: v[idx] for k, v in inputs.items()}
+    return inputs[idx]
+
+
+@dataclass
+class SampleSet:
+    """One split of any dataset: inputs and targets with the samples along dim 0 (docs/tasks.md).
+
+    Attributes:
+        inputs: a tensor ``(N, ...)``, or a dict of such tensors passed to the model as keyword arguments
+            (e.g. a graph's ``{"x": (N, n, d), "adj": (N, n, n)}``).
+        targets: ``(N, ...)``: class indices, per-position tokens (``-100`` where not scored), or regression
+            targets, as the dataset's task reads them.
+
+    Example:
+        >>> import torch
+        >>> s = SampleSet(inputs={"x": torch.zeros(4, 5, 2), "adj": torch.zeros(4, 5, 5)}, targets=torch.zeros(4))
+        >>> len(s), index_inputs(s.inputs, torch.tensor([0, 2]))["adj"].shape
+        (4, torch.Size([2, 5, 5]))
+    """
+
+    inputs: torch.Tensor | dict[str, torch.Tensor]
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = _first_dim(self.inputs)
+        if self.targets.shape[0] != n:
+            raise ValueError(f"targets has {self.targets.shape[0]} rows but inputs have {n}")
+
+    def __len__(self) -> int:
+        return _first_dim(self.inputs)
 
 
 @dataclass
@@ -77,19 +124,42 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The images (the :class:`SampleSet` view)."""
+        return self.images
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """The labels (the :class:`SampleSet` view)."""
+        return self.labels
+
 
 @dataclass
 class DatasetSplits:
-    """A train and a test :class:`ImageSet` plus what a model and a task need to know about them."""
+    """A train and a test split plus what a model and a task need to know about them.
 
-    train: ImageSet
-    test: ImageSet
+    Attributes:
+        train, test: :class:`ImageSet` (images) or :class:`SampleSet` (anything else).
+        num_classes: classes (``classify``, per position for ``tokens``) or output features (``regress``).
+        in_chans: image channels, input features per position, or the input vocabulary size of integer tokens.
+        image_size: the square image side; ``0`` for data that are not images.
+        multilabel: multi-hot labels (``classify`` only).
+        task: the task that scores the data (``classify``, ``tokens``, ``regress``: :mod:`experiments.tasks`).
+        tests: extra named test sets scored at the end of a run (``test/<name>/<metric>``), e.g. longer
+            sequences or other resolutions.
+    """
+
+    train: ImageSet | SampleSet
+    test: ImageSet | SampleSet
     num_classes: int
     in_chans: int
     image_size: int
     multilabel: bool
     class_names: list[str] = field(default_factory=list)
     description: str = ""
+    task: str = "classify"
+    tests: dict[str, ImageSet | SampleSet] = field(default_factory=dict)
 
 
 def _unknown(kind: str, name: str, choices: list[str]) -> ValueError:
