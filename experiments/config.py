@@ -151,7 +151,7 @@ class LogConfig:
 class ExperimentConfig:
     name: str = ""  # the experiment name; defaults to the YAML file's stem
     description: str = ""
-    task: str = "classify"
+    task: str = "auto"  # the dataset's task (classify, tokens, regress: docs/tasks.md); set it only to assert one
     runs_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,7 +161,7 @@ class ExperimentConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("classify",),
+    "task": ("auto", "classify", "tokens", "regress"),
     "model.readout": ("last", "mean"),
     "model.norm_stats": ("per_step", "shared"),
     "model.preset": ("default", "small"),

@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from experiments.data import index_inputs
 from experiments.distributed import SINGLE, DistEnv, all_reduce_sums
 
 __all__ = [
@@ -68,7 +69,9 @@ class Interrupted(Exception):
     """Raised inside an evaluation when the run was asked to stop (a signal): the caller checkpoints and exits."""
 
 
-def _to(x: Tensor, device: torch.device, memory_format: torch.memory_format) -> Tensor:
+def _to(x: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
+    if isinstance(x, dict):  # a dict batch (docs/tasks.md)
+        return {k: _to(v, device, memory_format) for k, v in x.items()}
     if x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=memory_format)
     return x.to(device, non_blocking=True)
@@ -88,7 +91,8 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
              transform: Callable[[Tensor, Tensor, int], Tensor] | None = None, predict: Predict | None = None,
              should_stop: Callable[[], bool] | None = None, limit: int | None = None,
              keep_logits: list[Tensor] | None = None) -> dict[str, float]:
-    """Test metrics of the readout and of every step: ``loss``, ``acc``, ``hit``, ``acc_step<t>``.
+    """Test metrics of the readout and of every step: ``loss``, the task's metrics (``acc``, ``hit`` for ``classify``)
+    and ``<step_metric>_step<t>`` (``acc_step<t>``), plus what the task derives (``psnr`` for ``regress``).
 
     Args:
         transform: ``f(x, y, batch_index) -> x'`` applied to each CPU batch before the forward (corruptions,
@@ -115,7 +119,7 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
                     if keep_logits is not None:
                         keep_logits.append(None)  # type: ignore[arg-type]  # keeps batches aligned across ranks
                     continue
-                x, y = ds.images[idx], ds.labels[idx]
+                x, y = index_inputs(ds.inputs, idx), ds.targets[idx]
                 if transform is not None:
                     x = transform(x, y, b)
                 x, y = _to(x, device, memory_format), y.to(device)
@@ -128,7 +132,8 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
         model.train(was_training)
     sums = all_reduce_sums(dict(sorted(sums.items())), env)
     n = sums.pop("n", 0.0)
-    return {k: v / max(n, 1.0) for k, v in sums.items()}
+    metrics = {k: v / max(n, 1.0) for k, v in sums.items()}
+    return task.finalize(metrics) if hasattr(task, "finalize") else metrics
 
 
 def _accumulate(sums: dict[str, float], task: Any, logits: Tensor, per_step: list[Tensor], y: Tensor) -> None:
@@ -137,8 +142,10 @@ def _accumulate(sums: dict[str, float], task: Any, logits: Tensor, per_step: lis
     sums["loss"] = sums.get("loss", 0.0) + task.loss(logits, y).item() * b
     for k, v in task.correct(logits, y).items():
         sums[k] = sums.get(k, 0.0) + v.sum().item()
+    step_metric = getattr(task, "step_metric", "acc")
     for t, lg in enumerate(per_step, start=1):
-        sums[f"acc_step{t}"] = sums.get(f"acc_step{t}", 0.0) + task.correct(lg, y)["acc"].sum().item()
+        key = f"{step_metric}_step{t}"
+        sums[key] = sums.get(key, 0.0) + task.correct(lg, y)[step_metric].sum().item()
 
 
 # --------------------------------------------------------------------------------------------------- corruptions

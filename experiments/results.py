@@ -54,14 +54,15 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
                 keys.append(k)
     rows = []
     for (exp, cell), rs in groups.items():
-        row: dict[str, Any] = {"experiment": exp, "cell": cell, "n": len(rs)}
+        row: dict[str, Any] = {"experiment": exp, "cell": cell, "n": len(rs), "primary": rs[0].get("primary", "acc"),
+                               "tests": list(rs[0].get("tests", []))}
         for k in keys:
             row[k] = rs[0].get("variant", {}).get(k, "")
         metric_names = sorted({m for r in rs for m in r["metrics"]})
         for m in metric_names:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             row[m], row[f"{m}_std"] = _mean_std(vals)
-        ens = _ensemble(rs)
+        ens = _ensemble(rs) if row["primary"] == "acc" and rs[0].get("task", "classify") == "classify" else {}
         if ens:
             row.update({f"{k}_ens": v for k, v in ens.items()})
         cost = rs[0].get("cost", {})
@@ -96,7 +97,8 @@ def _pm(row: dict[str, Any], m: str, scale: float = 100.0) -> str:
     if m not in row:
         return "-"
     mean, std = row[m] * scale, row.get(f"{m}_std", float("nan")) * scale
-    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+    digits = 1 if scale != 1.0 else 2
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
@@ -104,10 +106,19 @@ def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any
     if not keys:
         cols.append(("cell", lambda r: r["cell"]))
     cols.append(("n", lambda r: str(r["n"])))
-    cols.append(("acc %", lambda r: _pm(r, "acc")))
-    if any(r.get("hit") != r.get("acc") for r in rows):
-        cols.append(("hit %", lambda r: _pm(r, "hit")))
-    cols.append(("acc@step1 %", lambda r: _pm(r, "acc_step1")))
+    primaries = sorted({r.get("primary", "acc") for r in rows})
+    tests = sorted({t for r in rows for t in r.get("tests", [])})
+    if "acc" in primaries:
+        cols.append(("acc %", lambda r: _pm(r, "acc")))
+        if any(r.get("hit") != r.get("acc") for r in rows if "hit" in r):
+            cols.append(("hit %", lambda r: _pm(r, "hit")))
+        if any("acc_step1" in r for r in rows):
+            cols.append(("acc@step1 %", lambda r: _pm(r, "acc_step1")))
+        cols += [(f"{t} acc %", lambda r, t=t: _pm(r, f"{t}/acc")) for t in tests]
+    if "psnr" in primaries:  # regression: PSNR in dB over the test set, and the mean squared error
+        cols.append(("PSNR dB", lambda r: _pm(r, "psnr", scale=1.0)))
+        cols.append(("mse", lambda r: f"{r['mse']:.4g}" if "mse" in r else "-"))
+        cols += [(f"{t} PSNR dB", lambda r, t=t: _pm(r, f"{t}/psnr", scale=1.0)) for t in tests]
     if any("acc_ens" in r for r in rows):
         cols.append(("ens %", lambda r: f"{100 * r['acc_ens']:.1f}" if "acc_ens" in r else "-"))
     cols.append(("params", lambda r: f"{r['params']:,}"))

@@ -57,7 +57,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 import baselines
-from experiments.augment import augment_batch
+from experiments.augment import augment_batch, is_active
 from experiments.checkpoint import (
     CHECKPOINT,
     VERSION,
@@ -76,7 +76,7 @@ from experiments.config import (
     run_hash,
     to_dict,
 )
-from experiments.data import DatasetSplits, ImageSet, create_dataset, dataset_builder
+from experiments.data import DatasetSplits, ImageSet, SampleSet, create_dataset, dataset_builder, index_inputs
 from experiments.distributed import (
     SINGLE,
     DistEnv,
@@ -98,7 +98,8 @@ from experiments.evaluate import (
 )
 from experiments.tasks import create_task
 from experiments.tracking import NullLogger, RunLogger, truncate_metrics
-from feedback import FeedbackNet, feedback_class, feedback_cost
+from feedback import FeedbackNet, PlainNet, feedback_class, feedback_cost
+from feedback.cost import plain_cost
 
 __all__ = [
     "RunStopped",
@@ -218,13 +219,27 @@ def feedback_builder(cfg: ExperimentConfig) -> Any:
         raise ConfigError(str(e)) from None
 
 
-def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet:
+def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet | PlainNet:
     """The backbone from ``baselines`` with the feedback kind from ``feedback`` around it.
 
     ``model.backbone_args`` reach the backbone builder, so switches a backbone has (timm ResNets: ``drop_rate``,
-    ``drop_path_rate``, ``norm_layer``) are config switches without code here.
+    ``drop_path_rate``, ``norm_layer``) are config switches without code here. A model without the Staged view
+    (registered with ``staged=False``: sequence, set, graph and implicit models) is wrapped in
+    :class:`~feedback.PlainNet` and takes no feedback kind (docs/tasks.md).
     """
     m = cfg.model
+    if not baselines.model_info(m.backbone)["staged"]:
+        if m.feedback != "none" or m.steps != 1:
+            raise ConfigError(f"model {m.backbone} has no Staged view for feedback to attach to; use "
+                              f"model.feedback=none and model.steps=1 (got {m.feedback}, {m.steps} steps)")
+        bb_args = accepted_kwargs(backbone_builder(cfg), m.backbone_args, "model.backbone_args",
+                                  reserved=("num_classes", "in_chans"))
+        bb_args = preset_args(cfg)[0] | bb_args
+        try:
+            return PlainNet(baselines.create_model(m.backbone, num_classes=data.num_classes, in_chans=data.in_chans,
+                                                   **bb_args))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"model {m.backbone}: {str(e).splitlines()[0]}") from None
     fb_args = accepted_kwargs(feedback_builder(cfg), m.feedback_args, "model.feedback_args", reserved=("shapes",))
     generic = {k: v for k, v in m.backbone_args.items() if k in baselines.GENERIC_OPTIONS}  # e.g. coordconv
     bb_args = accepted_kwargs(backbone_builder(cfg), m.backbone_args, "model.backbone_args",
@@ -241,6 +256,29 @@ def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet:
         raise ConfigError(f"model {m.backbone} + {m.feedback}: {str(e).splitlines()[0]}") from None
 
 
+def make_task(cfg: ExperimentConfig, data: DatasetSplits) -> Any:
+    """The dataset's task (``task: auto``), or the config's, which must then be the dataset's; and the checks that
+    the config asks nothing of the data it cannot give (image augmentation and corruptions need images)."""
+    name = data.task if cfg.task == "auto" else cfg.task
+    if name != data.task:
+        raise ConfigError(f"task {cfg.task!r} does not fit data '{cfg.data.name}', whose task is {data.task!r}; "
+                          "leave task at auto")
+    if not data.image_size:
+        e = cfg.eval
+        asked = [k for k, v in (("data.augment", is_active(**dataclasses.asdict(cfg.data.augment))),
+                                ("eval.noise", e.noise), ("eval.occlusion", e.occlusion), ("eval.attacks", e.attacks),
+                                ("eval.tta", e.tta)) if v]
+        if asked:
+            raise ConfigError(f"{', '.join(asked)} need image data; data '{cfg.data.name}' is not images "
+                              "(turn them off)")
+    if name != "classify" and cfg.eval.mc_dropout:
+        raise ConfigError(f"eval.mc_dropout averages class probabilities; task {name!r} has none (set it to 0)")
+    try:
+        return create_task(name, multilabel=data.multilabel, multilabel_loss=cfg.train.multilabel_loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def epoch_order(n: int, *, seed: int, epoch: int, world_size: int = 1) -> torch.Tensor:
     """The epoch's sample order: a pure function of (seed, epoch), the same on every rank.
 
@@ -252,14 +290,14 @@ def epoch_order(n: int, *, seed: int, epoch: int, world_size: int = 1) -> torch.
     return torch.cat([order, order[:pad]]) if pad else order
 
 
-def batches(ds: ImageSet, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+def batches(ds: ImageSet | SampleSet, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
             start: int = 0) -> Iterator[tuple[Any, Any]]:
-    """Mini-batches of ``(images, labels)`` from batch ``start`` on; the shuffle is a pure function of (seed, epoch)."""
+    """Mini-batches of ``(inputs, targets)`` from batch ``start`` on; the shuffle is a pure function of (seed, epoch)."""
     n = len(ds)
     order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else torch.arange(n)
     for i in range(start * batch_size, n, batch_size):
         idx = order[i : i + batch_size]
-        yield ds.images[idx], ds.labels[idx]
+        yield index_inputs(ds.inputs, idx), ds.targets[idx]
 
 
 def lr_factor(step: int, total: int, cfg: ExperimentConfig) -> float:
@@ -397,9 +435,10 @@ class WeightAverage(nn.Module):
         self.n_averaged += 1
 
     @torch.no_grad()
-    def recalibrate(self, images: torch.Tensor, batch_size: int, device: torch.device,
+    def recalibrate(self, images: torch.Tensor | dict[str, torch.Tensor], batch_size: int, device: torch.device,
                     memory_format: torch.memory_format, amp: Callable[[], Any]) -> None:
-        """Recompute every running batch-norm statistic of the averaged model on ``images`` (cumulative average)."""
+        """Recompute every running batch-norm statistic of the averaged model on ``images`` (the training inputs: a
+        tensor or a dict of tensors) as a cumulative average."""
         holders = [m for m in self.module.modules() if all(hasattr(m, n) for n in ("running_mean", "running_var"))]
         norms = [m for m in holders if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
@@ -416,9 +455,9 @@ class WeightAverage(nn.Module):
         self.module.train()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                for i in range(0, images.shape[0], batch_size):
-                    x = images[i : i + batch_size]
-                    x = x.to(device, memory_format=memory_format) if x.dim() == 4 else x.to(device)
+                n = next(iter(images.values())).shape[0] if isinstance(images, dict) else images.shape[0]
+                for i in range(0, n, batch_size):
+                    x = _to(index_inputs(images, torch.arange(i, min(i + batch_size, n))), device, memory_format)
                     with amp():
                         self.module(x)
         finally:
@@ -497,8 +536,11 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
 # --------------------------------------------------------------------------------------------------- the run
 
 
-def _to(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
-    """Move a batch to the device, in channels_last when asked and the batch is an image batch (4-D)."""
+def _to(x: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
+    """Move a batch to the device, in channels_last when asked and the batch is an image batch (4-D); a dict batch
+    (docs/tasks.md) tensor by tensor."""
+    if isinstance(x, dict):
+        return {k: _to(v, device, memory_format) for k, v in x.items()}
     if x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=memory_format)
     return x.to(device, non_blocking=True)
@@ -567,12 +609,14 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     seed_everything(t.seed)
 
     data = load_data(cfg)
-    task = create_task(cfg.task, multilabel=data.multilabel, multilabel_loss=t.multilabel_loss)
+    task = make_task(cfg, data)
     model = build_model(cfg, data).to(device)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    input_size = (data.in_chans, data.image_size, data.image_size)
-    cost = feedback_cost(model, input_size)
+    if isinstance(model, PlainNet):
+        cost = plain_cost(model, _to(index_inputs(data.test.inputs, torch.arange(1)), device, memory_format))
+    else:
+        cost = feedback_cost(model, (data.in_chans, data.image_size, data.image_size))
     if env.rank:
         torch.manual_seed(t.seed + 1_000_003 * env.rank)  # each rank its own dropout and augmentation stream
 
@@ -672,6 +716,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                 "should_stop": (lambda: bool(_STOP["signum"])) if env.world_size == 1 else None}
 
     aug = dataclasses.asdict(cfg.data.augment)
+    classify = cfg.task in ("auto", "classify") and data.task == "classify"  # logits kept for ensembles and figures
     swa_first_epoch = math.floor(t.swa_start * t.epochs)
     train_seconds, timed_steps = 0.0, 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -688,8 +733,8 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                         steps_before = step
                         for b in range(batch_in_epoch, steps_per_epoch):
                             idx = shard_batch(order[b * B : (b + 1) * B], env)
-                            x = _to(data.train.images[idx], device, memory_format)
-                            y = data.train.labels[idx].to(device, non_blocking=True)
+                            x = _to(index_inputs(data.train.inputs, idx), device, memory_format)
+                            y = data.train.targets[idx].to(device, non_blocking=True)
                             x = augment_batch(x, **aug)
                             loss, out = step_fn(x, y)
                             nonfinite |= ~torch.isfinite(loss)
@@ -733,14 +778,16 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                     # the epoch's training is done; evaluate it
                     last = epoch == t.epochs - 1
                     keep = []
-                    metrics = evaluate(model, task, data.test, keep_logits=keep if last else None, **eval_kw())
+                    metrics = evaluate(model, task, data.test, keep_logits=keep if last and classify else None,
+                                       **eval_kw())
                     row = {f"test/{k}": v for k, v in metrics.items()}
                     if averaged is not None and int(averaged.n_averaged) > 0:
                         if t.average == "swa":
-                            averaged.recalibrate(data.train.images, cfg.data.eval_batch_size, device,
+                            averaged.recalibrate(data.train.inputs, cfg.data.eval_batch_size, device,
                                                  memory_format, amp)
                         keep = []
-                        metrics_avg = evaluate(averaged.module, task, data.test, keep_logits=keep if last else None,
+                        metrics_avg = evaluate(averaged.module, task, data.test,
+                                               keep_logits=keep if last and classify else None,
                                                **eval_kw())
                         row.update({f"test_avg/{k}": v for k, v in metrics_avg.items()})
                     logger.log(row | {"epoch": epoch}, step=step)
@@ -769,6 +816,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
             "experiment": cfg.name, "cell": cell, "seed": t.seed, "variant": variant,
             "metrics": final, "cost": cost, "compute": compute, "train_steps": total_steps,
             "time_s": round(logger.elapsed(), 2), "segments": segment, "multilabel": data.multilabel,
+            "task": data.task, "primary": task.primary, "tests": list(data.tests),
             "wandb_dir": logger.wandb_dir, "env": full_config["env"],
         }
         if averaged is not None:
@@ -776,7 +824,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
         if env.is_main:
             if logits is not None:
                 save_predictions(run_dir / "predictions.pt", logits, data.test.labels[: logits.shape[0]])
-                if cfg.eval.samples > 0:
+                if cfg.eval.samples > 0 and data.image_size:
                     k = min(cfg.eval.samples, logits.shape[0])
                     path = sample_figure(run_dir / "samples.png", data.test.images[:k], data.test.labels[:k],
                                          logits[:k], multilabel=data.multilabel, class_names=data.class_names)
@@ -810,10 +858,13 @@ class _Stop(Exception):
 
 def _final_evaluation(cfg: ExperimentConfig, model: nn.Module, task: Any, data: DatasetSplits,
                       kw: dict[str, Any]) -> dict[str, float]:
-    """Robustness, attacks, TTA and MC dropout (whatever ``eval.*`` asks for), on fixed random streams."""
+    """The dataset's extra test sets, then robustness, attacks, TTA and MC dropout (whatever ``eval.*`` asks for),
+    on fixed random streams."""
     e = cfg.eval
     out: dict[str, float] = {}
     device = kw["device"]
+    for name, ds in data.tests.items():  # e.g. longer sequences, other resolutions: test/<name>/<metric>
+        out.update({f"{name}/{k}": v for k, v in evaluate(model, task, ds, **kw).items()})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed)
         if e.noise or e.occlusion:

@@ -28,6 +28,7 @@ from .core import (
     staged_forward,
 )
 from .cost import feedback_cost
+from .plain import PlainNet
 from .rectified import RectifiedFeedback  # noqa: F401  (registers the kind)
 from .tdm import TDMFeedback  # noqa: F401  (registers the kind)
 
@@ -36,6 +37,7 @@ __all__ = [
     "Feedback",
     "FeedbackNet",
     "FeedbackOutput",
+    "PlainNet",
     "StageShapes",
     "check_staged",
     "create_feedback",

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .core import FeedbackNet, staged_forward
 
-__all__ = ["feedback_cost"]
+__all__ = ["feedback_cost", "plain_cost"]
 
 
 def _count(params) -> int:
@@ -60,5 +60,18 @@ def feedback_cost(net: FeedbackNet, input_size: Sequence[int]) -> dict[str, int]
             "flops": _flops(net, x),
             "steps": net.steps,
         }
+    finally:
+        net.train(was_training)
+
+
+def plain_cost(net: torch.nn.Module, example: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, int]:
+    """:func:`feedback_cost`'s fields for a :class:`~feedback.plain.PlainNet`, on one example input (no batch dim
+    removed: pass a batch of one). Without feedback, ``flops == backbone_flops`` and ``feedback_params == 0``."""
+    was_training = net.training
+    net.eval()
+    try:
+        flops = _flops(net, example)
+        return {"backbone_params": _count(net.parameters()), "feedback_params": 0, "backbone_flops": flops,
+                "flops": flops, "steps": 1}
     finally:
         net.train(was_training)

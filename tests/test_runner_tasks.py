@@ -1,0 +1,161 @@
+"""The runner beyond image classification (docs/tasks.md): dict inputs, the tokens and regress tasks, lists of
+outputs, extra test sets, non-Staged models through PlainNet, and the config errors that guard them."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import baselines
+from experiments.config import ConfigError, ExperimentConfig, apply_overrides
+from experiments.data import DatasetSplits, SampleSet, register_dataset
+from experiments.results import collect, format_table, summarize
+from experiments.tasks import create_task
+from experiments.train import train_run
+from feedback import PlainNet
+
+# ----------------------------------------------------------------------------------- toy data and models, once
+
+
+def _tokens(n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 4, (n, length), generator=g)
+    y = x.clone()
+    y[:, ::2] = -100  # only the odd positions are scored
+    return SampleSet(inputs={"tokens": x, "mask": torch.ones(n, length)}, targets=y)
+
+
+@register_dataset
+def _toy_echo(*, seed: int = 0, length: int = 6) -> DatasetSplits:
+    """Echo each token (a dict input; half the positions scored)."""
+    return DatasetSplits(train=_tokens(256, length, seed), test=_tokens(64, length, seed + 1),
+                         tests={"long": _tokens(64, 2 * length, seed + 2)}, num_classes=4, in_chans=4, image_size=0,
+                         multilabel=False, task="tokens")
+
+
+@register_dataset
+def _toy_line(*, seed: int = 0) -> DatasetSplits:
+    """y = (x0 + x1) / 2 on [0, 1]^2."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(320, 2, generator=g)
+    s = SampleSet(inputs=x, targets=x.mean(-1, keepdim=True))
+    return DatasetSplits(train=SampleSet(inputs=x[:256], targets=s.targets[:256]),
+                         test=SampleSet(inputs=x[256:], targets=s.targets[256:]), num_classes=1, in_chans=2,
+                         image_size=0, multilabel=False, task="regress")
+
+
+class _Echo(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 16)
+        self.out = nn.Linear(16, vocab)
+
+    def forward(self, *, tokens, mask):
+        return self.out(self.emb(tokens) * mask[..., None])
+
+
+@baselines.register_model(family="toy", staged=False)
+def _toy_echo_model(*, num_classes: int = 4, in_chans: int = 4) -> nn.Module:
+    return _Echo(in_chans)
+
+
+class _TwoStep(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.a, self.b = nn.Linear(d_in, d_out), nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        coarse = self.a(x)
+        return [coarse, coarse + self.b(x)]
+
+
+@baselines.register_model(family="toy", staged=False)
+def _toy_two_step(*, num_classes: int = 1, in_chans: int = 2) -> nn.Module:
+    return _TwoStep(in_chans, num_classes)
+
+
+def _cfg(tmp_path, **values):
+    base = {"name": "toy", "runs_dir": str(tmp_path), "train.epochs": 3, "train.lr": 0.03, "train.warmup_steps": 0,
+            "train.log_every": 4, "data.batch_size": 32, "log.wandb": "disabled", "log.progress": False,
+            "eval.samples": 8, "model.readout": "last"}
+    return apply_overrides(ExperimentConfig(), base | values)
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+
+
+def test_tokens_task_scores_only_the_marked_positions():
+    task = create_task("tokens")
+    logits = torch.full((1, 4, 3), -5.0)
+    logits[0, :, 0] = 5.0  # predicts class 0 everywhere
+    target = torch.tensor([[0, -100, 1, 0]])
+    m = task.correct(logits, target)
+    assert m["acc"].item() == pytest.approx(2 / 3) and m["seq_acc"].item() == 0.0
+    unmasked = torch.nn.functional.cross_entropy(logits[0, [0, 2, 3]], target[0, [0, 2, 3]])
+    assert task.loss(logits, target).item() == pytest.approx(unmasked.item())
+    assert m["nll"].item() == pytest.approx(unmasked.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="class dimension"):
+        task.loss(logits[..., 0], target)
+
+
+def test_regress_task_psnr():
+    task = create_task("regress")
+    out, target = torch.zeros(2, 3), torch.full((2, 3), 0.1)
+    assert task.correct(out, target)["mse"].tolist() == pytest.approx([0.01, 0.01])
+    assert task.finalize({"mse": 0.01, "mse_step1": 0.1})["psnr"] == pytest.approx(20.0)
+    assert task.finalize({"mse": 0.01, "mse_step1": 0.1})["psnr_step1"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="unknown task"):
+        create_task("segment")
+
+
+def test_plain_net_wraps_tensor_and_list_outputs():
+    two = PlainNet(_TwoStep(2, 1))
+    out = two(torch.zeros(3, 2))
+    assert len(out.per_step) == 2 and out.logits is out.per_step[-1]
+    echo = PlainNet(_Echo(4))
+    assert echo({"tokens": torch.zeros(2, 5, dtype=torch.long), "mask": torch.ones(2, 5)}).logits.shape == (2, 5, 4)
+
+
+# ------------------------------------------------------------------------------------------------- the runner
+
+
+def test_tokens_run_with_dict_inputs_and_an_extra_test_set(tmp_path):
+    cfg = _cfg(tmp_path, **{"model.backbone": "_toy_echo_model", "data.name": "_toy_echo"})
+    r = train_run(cfg, tmp_path / "run", cell="c", variant={})
+    m = r["metrics"]
+    assert m["acc"] > 0.9 and m["long/acc"] > 0.9 and m["acc_step1"] == m["acc"]  # echo is learnable at any length
+    assert 0.0 <= m["seq_acc"] <= 1.0 and m["nll"] < 1.0
+    assert r["task"] == "tokens" and r["primary"] == "acc" and r["tests"] == ["long"]
+    assert r["cost"]["feedback_params"] == 0 and r["cost"]["backbone_params"] == 4 * 16 + 16 * 4 + 4
+    assert not (tmp_path / "run" / "predictions.pt").exists() and not (tmp_path / "run" / "samples.png").exists()
+
+
+def test_regress_run_supervises_every_output_and_reports_psnr(tmp_path):
+    cfg = _cfg(tmp_path, **{"model.backbone": "_toy_two_step", "data.name": "_toy_line", "train.epochs": 15,
+                              "train.lr": 0.1})
+    r = train_run(cfg, tmp_path / "run", cell="c", variant={})
+    m = r["metrics"]
+    assert m["psnr"] == pytest.approx(-10 * torch.log10(torch.tensor(m["mse"])).item())
+    assert {"mse_step1", "mse_step2", "psnr_step1", "psnr_step2"} <= set(m)
+    assert m["psnr"] > 25.0  # a linear target: far above predicting the mean (13.8 dB: variance 1/24)
+    rows = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert rows["primary"] == "psnr"
+    (tmp_path / "run" / "DONE").touch()
+    keys, table = summarize(collect(tmp_path))
+    text = format_table(keys, table)
+    assert "PSNR dB" in text and "acc %" not in text
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model.feedback": "deconv"}, "no Staged view"),
+    ({"model.steps": 2}, "no Staged view"),
+    ({"task": "classify"}, "does not fit data"),
+    ({"eval.noise": [0.1]}, "need image data"),
+    ({"data.augment.shift": 2.0}, "need image data"),
+    ({"eval.mc_dropout": 2}, "mc_dropout"),
+])
+def test_config_errors_for_non_image_tasks(tmp_path, values, message):
+    cfg = _cfg(tmp_path, **{"model.backbone": "_toy_two_step", "data.name": "_toy_line"} | values)
+    with pytest.raises(ConfigError, match=message):
+        train_run(cfg, tmp_path / "run", cell="c", variant={})
