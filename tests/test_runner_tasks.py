@@ -159,3 +159,13 @@ def test_config_errors_for_non_image_tasks(tmp_path, values, message):
     cfg = _cfg(tmp_path, **{"model.backbone": "_toy_two_step", "data.name": "_toy_line"} | values)
     with pytest.raises(ConfigError, match=message):
         train_run(cfg, tmp_path / "run", cell="c", variant={})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tokens_and_regress_runs_on_cuda_with_amp(tmp_path):
+    for name, model, data in (("tok", "_toy_echo_model", "_toy_echo"), ("reg", "_toy_two_step", "_toy_line")):
+        cfg = _cfg(tmp_path, **{"model.backbone": model, "data.name": data, "train.device": "cuda",
+                                "train.amp": True, "train.epochs": 2})
+        r = train_run(cfg, tmp_path / name, cell="c", variant={})
+        assert r["compute"]["device"].startswith("cuda") and all(map(lambda v: v == v, r["metrics"].values()))
