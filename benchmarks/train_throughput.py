@@ -9,7 +9,10 @@ from CPU memory to the device every step as the runner does. The bare loop is wh
 ``autocast -> model(x) -> cross_entropy -> backward -> AdamW.step``. Ours is the runner's step: the network inside
 ``FeedbackNet(backbone, "none", steps=1)`` (the Staged loop, per-step bookkeeping), the task's loss, the
 ``GradScaler``/scheduler/clip plumbing of :class:`experiments.train.TrainStep`, the epoch order, the augmentation
-call and the non-finite-loss accumulator of ``train_run``. The two are timed alternately (``--rounds`` rounds
+call and the non-finite-loss accumulator of ``train_run``, with the training split where the runner puts it
+(``data.on_device: auto``: in GPU memory when it fits, so shuffled batches are gathered there). The row
+``bare+gpu_data`` is the bare loop slicing the same GPU-resident tensor, which separates the data path from the
+framework's own cost. The two are timed alternately (``--rounds`` rounds
 after warm-up) in one process, and the script prints images/s for each and their ratio (ours / bare): 1.00 means
 the framework costs nothing. Without CUDA it measures a small CPU configuration (ResNet-18-small at 32 px) instead.
 Numbers are whatever this card gives: the script prints the device it ran on.
@@ -34,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import baselines  # noqa: E402
 from experiments.augment import augment_batch  # noqa: E402
+from experiments.data import ImageSet  # noqa: E402
 from experiments.tasks import create_task  # noqa: E402
-from experiments.train import TrainStep, epoch_order  # noqa: E402
+from experiments.train import TrainStep, epoch_order, train_split_on_device  # noqa: E402
 from feedback import FeedbackNet  # noqa: E402
 
 
@@ -100,16 +104,21 @@ def main() -> None:
     base = backbone(c["model"], num_classes=c["classes"], in_chans=c["chans"], **c["kw"])
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
-    def make_bare(compiled: bool):
+    split = train_split_on_device(ImageSet(images=images, labels=labels,
+                                           source_ids=torch.zeros(n_images, 1, dtype=torch.long)), device, "auto")
+    on_device = device.type != "cpu" and split.images.device.type == device.type
+
+    def make_bare(compiled: bool, gpu_data: bool = False):
         model = copy.deepcopy(base).to(device, memory_format=fmt).train()
+        src_x, src_y = (split.images, split.labels) if gpu_data else (images, labels)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         fwd = torch.compile(model) if compiled else model
 
         def run(n: int) -> None:
             for i in range(n):
                 j = (i % 8) * B
-                x = images[j : j + B].to(device, non_blocking=True, memory_format=fmt)
-                y = labels[j : j + B].to(device, non_blocking=True)
+                x = src_x[j : j + B].to(device, non_blocking=True, memory_format=fmt)
+                y = src_y[j : j + B].to(device, non_blocking=True)
                 with amp():
                     loss = F.cross_entropy(fwd(x), y)
                 opt.zero_grad(set_to_none=True)
@@ -141,8 +150,8 @@ def main() -> None:
             for i in range(n):
                 b = i % 8
                 idx = order[b * B : (b + 1) * B]
-                x = images[idx].to(device, non_blocking=True, memory_format=fmt)
-                y = labels[idx].to(device, non_blocking=True)
+                x = split.images[idx].to(device, non_blocking=True, memory_format=fmt)
+                y = split.labels[idx].to(device, non_blocking=True)
                 x = augment_batch(x)
                 loss, _ = step(x, y)
                 nonfinite |= ~torch.isfinite(loss)
@@ -150,6 +159,8 @@ def main() -> None:
         return run
 
     loops = {"bare": make_bare(False), "ours": make_ours(False)}
+    if on_device:
+        loops["bare+gpu_data"] = make_bare(False, gpu_data=True)
     if args.compile:
         loops |= {"bare+compile": make_bare(True), "ours+compile": make_ours(True)}
     for fn in loops.values():
@@ -167,6 +178,8 @@ def main() -> None:
     for k, v in ips.items():
         print(f"{k:<14} {statistics.median(v):>18.1f} {min(v):>9.1f} {max(v):>9.1f}")
     ratios = {"ours/bare": statistics.median(ips["ours"]) / statistics.median(ips["bare"])}
+    if on_device:
+        ratios["ours/bare+gpu_data"] = statistics.median(ips["ours"]) / statistics.median(ips["bare+gpu_data"])
     if args.compile:
         ratios["ours+compile/bare+compile"] = (statistics.median(ips["ours+compile"])
                                               / statistics.median(ips["bare+compile"]))
@@ -177,6 +190,7 @@ def main() -> None:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "model": c["model"], "batch": B, "ips": ips,
+                                               "train_split_on_gpu": on_device,
                                                "ratios": ratios}, indent=2))
 
 

@@ -256,6 +256,28 @@ def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet | Pla
         raise ConfigError(f"model {m.backbone} + {m.feedback}: {str(e).splitlines()[0]}") from None
 
 
+def _nbytes(x: Any) -> int:
+    return sum(_nbytes(v) for v in x.values()) if isinstance(x, dict) else x.numel() * x.element_size()
+
+
+def train_split_on_device(ds: ImageSet | SampleSet, device: torch.device, policy: str = "auto") -> Any:
+    """The training split with its inputs and targets in device memory, or ``ds`` unchanged.
+
+    Gathering a shuffled batch from CPU memory and copying it to the GPU every step costs a large share of a fast
+    GPU's step (a ResNet-50 batch of 128 at 224 px is 77 MB); a dataset that fits is better gathered on the GPU.
+    ``policy``: ``auto`` moves it on CUDA when it takes under a quarter of the free memory, ``always`` moves it on
+    any non-CPU device, ``never`` keeps it on the host. Only inputs and targets move (boxes and masks stay).
+    """
+    if device.type == "cpu" or policy == "never":
+        return ds
+    size = _nbytes(ds.inputs) + _nbytes(ds.targets)
+    if policy == "auto" and (device.type != "cuda" or size > torch.cuda.mem_get_info(device)[0] // 4):
+        return ds
+    if isinstance(ds, ImageSet):
+        return dataclasses.replace(ds, images=ds.images.to(device), labels=ds.labels.to(device))
+    return SampleSet(inputs=_to(ds.inputs, device, torch.contiguous_format), targets=ds.targets.to(device))
+
+
 def make_task(cfg: ExperimentConfig, data: DatasetSplits) -> Any:
     """The dataset's task (``task: auto``), or the config's, which must then be the dataset's; and the checks that
     the config asks nothing of the data it cannot give (image augmentation and corruptions need images)."""
@@ -610,6 +632,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
 
     data = load_data(cfg)
     task = make_task(cfg, data)
+    data = dataclasses.replace(data, train=train_split_on_device(data.train, device, cfg.data.on_device))
     model = build_model(cfg, data).to(device)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)

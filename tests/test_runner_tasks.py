@@ -169,3 +169,20 @@ def test_tokens_and_regress_runs_on_cuda_with_amp(tmp_path):
                                 "train.amp": True, "train.epochs": 2})
         r = train_run(cfg, tmp_path / name, cell="c", variant={})
         assert r["compute"]["device"].startswith("cuda") and all(map(lambda v: v == v, r["metrics"].values()))
+
+
+def test_train_split_on_device_policy():
+    from experiments.data import ImageSet
+    from experiments.train import train_split_on_device
+
+    img = ImageSet(images=torch.zeros(4, 1, 2, 2), labels=torch.zeros(4, dtype=torch.long),
+                   source_ids=torch.zeros(4, 1, dtype=torch.long))
+    toks = _tokens(4, 3, 0)
+    assert train_split_on_device(img, torch.device("cpu"), "always") is img
+    meta = torch.device("meta")
+    assert train_split_on_device(img, meta, "auto") is img  # auto moves to CUDA only
+    assert train_split_on_device(img, meta, "never") is img
+    moved = train_split_on_device(img, meta, "always")
+    assert moved.images.is_meta and moved.labels.is_meta and not moved.source_ids.is_meta
+    moved = train_split_on_device(toks, meta, "always")
+    assert all(v.is_meta for v in moved.inputs.values()) and moved.targets.is_meta
