@@ -112,6 +112,9 @@ class TrainConfig:
     amp_dtype: str = "bfloat16"  # bfloat16 | float16
     channels_last: bool = False  # NHWC memory format for model and inputs (faster convolutions on CPU and GPU)
     compile: bool = False  # torch.compile the model for training (before DDP wrapping)
+    # under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`, one unit
+    # per backbone stage, the stem, the head and the feedback kind) instead of replicating them (DDP)
+    fsdp: bool = False
     deterministic: bool = False  # deterministic kernels (CUBLAS_WORKSPACE_CONFIG, cudnn); else cudnn.benchmark on CUDA
     grad_checkpoint: bool = False  # recompute every stage in the backward pass (torch.utils.checkpoint): less memory
     average: str = "none"  # weight averaging: none | ema (exponential moving average) | swa (stochastic weight averaging)
@@ -316,7 +319,7 @@ def to_dict(cfg: Any) -> dict:
 # rounding at most; the dashboard settings change nothing that is computed.)
 RUNTIME_KEYS: tuple[str, ...] = (
     "description", "runs_dir", "log", "train.device", "train.threads", "train.log_every", "train.checkpoint_every",
-    "train.stop_after_steps", "train.resume", "train.compile", "train.channels_last", "train.grad_checkpoint",
+    "train.stop_after_steps", "train.resume", "train.compile", "train.channels_last", "train.grad_checkpoint", "train.fsdp",
     "train.deterministic", "eval.samples", "data.on_device",
 )
 

@@ -77,6 +77,14 @@ def _to(x: Any, device: torch.device, memory_format: torch.memory_format) -> Any
     return x.to(device, non_blocking=True)
 
 
+def _sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def _forward(model: nn.Module) -> Predict:
     def predict(x: Tensor) -> tuple[Tensor, list[Tensor]]:
         out = model(x)
@@ -118,6 +126,10 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
                 if len(idx) == 0:
                     if keep_logits is not None:
                         keep_logits.append(None)  # type: ignore[arg-type]  # keeps batches aligned across ranks
+                    if _sharded(model):  # FSDP's forward is a collective: every rank runs every batch
+                        with amp():
+                            predict(_to(index_inputs(ds.inputs, torch.arange(start, start + 1)), device,
+                                        memory_format))
                     continue
                 x, y = index_inputs(ds.inputs, idx), ds.targets[idx]
                 if transform is not None:

@@ -100,6 +100,7 @@ from experiments.tasks import create_task
 from experiments.tracking import NullLogger, RunLogger, truncate_metrics
 from feedback import FeedbackNet, PlainNet, feedback_class, feedback_cost
 from feedback.cost import plain_cost
+from feedback.none import NoFeedback
 
 __all__ = [
     "RunStopped",
@@ -488,6 +489,60 @@ class WeightAverage(nn.Module):
             self.module.train(was_training)
 
 
+def shard_model(model: nn.Module) -> None:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over the default process group.
+
+    Without a feedback kind each backbone part (stem, every stage, head) is its own unit, so only one stage's full
+    parameters exist at a time. With a feedback kind the whole model is one unit: kinds may read backbone weights
+    outside the stage that owns them (the generative kind's tied transposed convolutions), which per-stage
+    sharding would hand them as shards; gradients and optimizer state are still sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    units: list[nn.Module] = []
+    if isinstance(model, FeedbackNet) and isinstance(model.feedback, NoFeedback):
+        bb = model.backbone
+        units = [bb.stem, *bb.stages, bb.head]
+    elif isinstance(model, PlainNet):
+        units = list(model.backbone.children())
+    for unit in units:
+        if any(p.requires_grad for p in unit.parameters()):
+            fully_shard(unit)
+    fully_shard(model)
+
+
+def full_states(model: nn.Module, optimizer: torch.optim.Optimizer, *, fsdp: bool) -> tuple[dict, dict]:
+    """The model's and optimizer's state dicts, gathered whole on the CPU of rank 0 under FSDP (every rank calls)."""
+    if not fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict,
+                *, fsdp: bool) -> None:
+    """Load whole state dicts (as :func:`full_states` returns them) into a plain or an FSDP-sharded model."""
+    if not fsdp:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=opts)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=opts)
+
+
 class TrainStep:
     """One optimizer step: forward under autocast (or not), loss over the steps, backward, clip, step.
 
@@ -646,8 +701,14 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     averaged = WeightAverage(model, kind=t.average, decay=t.ema_decay) if t.average != "none" else None
     if t.grad_checkpoint:
         enable_grad_checkpointing(model)
+    fsdp = t.fsdp and env.world_size > 1
+    if fsdp:
+        if t.average != "none" or cfg.eval.attacks:
+            raise ConfigError("train.fsdp does not combine with train.average or eval.attacks yet; turn them off "
+                              "or use DDP (train.fsdp=false)")
+        shard_model(model)
     train_model: nn.Module = torch.compile(model) if t.compile else model  # compile before DDP (as timm)
-    if env.world_size > 1:
+    if env.world_size > 1 and not fsdp:
         # find_unused_parameters: a feedback kind's parameters are unused at steps=1 (and may be at some steps)
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -674,8 +735,10 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     metrics_avg: dict[str, float] = {}
     elapsed0, segment = 0.0, 1
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if bool(ckpt.get("fsdp", False)) != fsdp:
+            raise ConfigError(f"{run_dir} was checkpointed with{'' if ckpt.get('fsdp') else 'out'} FSDP; resume it "
+                              f"the same way (train.fsdp={str(bool(ckpt.get('fsdp'))).lower()} with torchrun)")
+        load_states(model, optimizer, ckpt["model"], ckpt["optimizer"], fsdp=fsdp)
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         if averaged is not None and ckpt.get("average") is not None:
@@ -718,9 +781,10 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
 
     def save() -> None:
         rng = all_gather_objects(capture_rng(), env)
+        model_state, optimizer_state = full_states(model, optimizer, fsdp=fsdp)  # FSDP: a collective
         if env.is_main:
             atomic_save({
-                "version": VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "version": VERSION, "model": model_state, "optimizer": optimizer_state, "fsdp": fsdp,
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "average": averaged.state_dict() if averaged is not None else None, "rng": rng,
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "run_hash": rhash,
@@ -968,4 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, not this __main__ copy: its exception classes (RunStopped) must be the ones
+    # experiments.sweep checks for, or a planned stop under torchrun is recorded as a failure
+    from experiments.train import main as _main
+
+    sys.exit(_main())
