@@ -115,6 +115,7 @@ class TrainConfig:
     # under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`, one unit
     # per backbone stage, the stem, the head and the feedback kind) instead of replicating them (DDP)
     fsdp: bool = False
+    sync_bn: bool = False  # under torchrun on GPUs: batch-norm statistics over the whole global batch (SyncBatchNorm)
     deterministic: bool = False  # deterministic kernels (CUBLAS_WORKSPACE_CONFIG, cudnn); else cudnn.benchmark on CUDA
     grad_checkpoint: bool = False  # recompute every stage in the backward pass (torch.utils.checkpoint): less memory
     average: str = "none"  # weight averaging: none | ema (exponential moving average) | swa (stochastic weight averaging)

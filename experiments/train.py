@@ -248,6 +248,8 @@ def build_model(cfg: ExperimentConfig, data: DatasetSplits) -> FeedbackNet | Pla
     bb_args = preset_args(cfg)[0] | bb_args | generic
     try:
         backbone = baselines.create_model(m.backbone, num_classes=data.num_classes, in_chans=data.in_chans, **bb_args)
+        if cfg.train.sync_bn:  # before FeedbackNet collects the stage norms for its per-step statistics
+            backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         return FeedbackNet(
             backbone, m.feedback, steps=m.steps, readout=m.readout,
             input_size=(data.in_chans, data.image_size, data.image_size), feedback_kwargs=fb_args,
@@ -701,6 +703,8 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     averaged = WeightAverage(model, kind=t.average, decay=t.ema_decay) if t.average != "none" else None
     if t.grad_checkpoint:
         enable_grad_checkpointing(model)
+    if t.sync_bn and env.world_size > 1 and device.type == "cpu":
+        raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); set it to false")
     fsdp = t.fsdp and env.world_size > 1
     if fsdp:
         if t.average != "none" or cfg.eval.attacks:

@@ -186,3 +186,20 @@ def test_train_split_on_device_policy():
     assert moved.images.is_meta and moved.labels.is_meta and not moved.source_ids.is_meta
     moved = train_split_on_device(toks, meta, "always")
     assert all(v.is_meta for v in moved.inputs.values()) and moved.targets.is_meta
+
+
+def test_sync_bn_switch_converts_before_feedback_collects_the_norms(tmp_path):
+    """train.sync_bn: SyncBatchNorm layers, which FeedbackNet's per-step statistics then point at (one process:
+    SyncBatchNorm computes plain batch norm, so the run trains as usual)."""
+    from experiments.train import build_model, load_data
+
+    cfg = _cfg(tmp_path, **{"model.backbone": "resnet18_small", "model.backbone_args": {"channels": [4, 4, 8, 8]},
+                            "model.feedback": "deconv", "model.steps": 2, "data.name": "digits",
+                            "data.options": {"image_size": 16}, "train.sync_bn": True, "train.epochs": 1,
+                            "eval.samples": 0})
+    net = build_model(cfg, load_data(cfg))
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert net._norms and all(isinstance(m, nn.SyncBatchNorm) for m in net._norms)
+    r = train_run(cfg, tmp_path / "run", cell="c", variant={})
+    assert 0.0 <= r["metrics"]["acc"] <= 1.0
