@@ -142,6 +142,11 @@ class EvalConfig:
     tta: bool = False  # test-time augmentation: average softmax over shifted (and, with hflip, flipped) copies
     mc_dropout: int = 0  # average softmax over this many dropout resamples (0: off)
     samples: int = 16  # prediction samples drawn as an image (samples.png and wandb); 0: none
+    # the pointing game (experiments/pointing.py) with these readouts, e.g. [centre, gradient, excitation,
+    # contrastive, wta] ("name@layer" picks the map layer); needs a dataset with masks or boxes (cluttered_digits)
+    pointing: List[str] = field(default_factory=list)
+    pointing_gt: str = "mask"  # mask | box
+    pointing_images: int = 0  # test images played (0: all)
 
 
 @dataclass
@@ -171,6 +176,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("auto", "classify", "tokens", "regress"),
     "model.readout": ("last", "mean"),
     "data.on_device": ("auto", "always", "never"),
+    "eval.pointing_gt": ("mask", "box"),
     "model.norm_stats": ("per_step", "shared"),
     "model.preset": ("default", "small"),
     "train.optimizer": ("adamw", "sgd"),

@@ -115,6 +115,8 @@ def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any
         if any("acc_step1" in r for r in rows):
             cols.append(("acc@step1 %", lambda r: _pm(r, "acc_step1")))
         cols += [(f"{t} acc %", lambda r, t=t: _pm(r, f"{t}/acc")) for t in tests]
+    pointing = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("pointing/") and k.endswith("/all")})
+    cols += [(f"point:{m} %", lambda r, m=m: _pm(r, f"pointing/{m}/all")) for m in pointing]
     if "psnr" in primaries:  # regression: PSNR in dB over the test set, and the mean squared error
         cols.append(("PSNR dB", lambda r: _pm(r, "psnr", scale=1.0)))
         cols.append(("mse", lambda r: f"{r['mse']:.4g}" if "mse" in r else "-"))

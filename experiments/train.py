@@ -296,6 +296,17 @@ def make_task(cfg: ExperimentConfig, data: DatasetSplits) -> Any:
         if asked:
             raise ConfigError(f"{', '.join(asked)} need image data; data '{cfg.data.name}' is not images "
                               "(turn them off)")
+    if cfg.eval.pointing:
+        if data.test.masks is None and data.test.boxes is None:
+            raise ConfigError(f"eval.pointing needs a test set with masks or boxes; data '{cfg.data.name}' has "
+                              "neither (use cluttered_digits)")
+        from experiments.pointing import method_spec
+
+        for spec in cfg.eval.pointing:
+            try:
+                method_spec(spec)
+            except ValueError as e:
+                raise ConfigError(f"eval.pointing: {e}") from None
     if name != "classify" and cfg.eval.mc_dropout:
         raise ConfigError(f"eval.mc_dropout averages class probabilities; task {name!r} has none (set it to 0)")
     try:
@@ -891,7 +902,8 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                 # training is done: the final evaluation (of the averaged weights when averaging)
                 final_model = averaged.module if averaged is not None and int(averaged.n_averaged) > 0 else model
                 final = dict(metrics_avg if final_model is not model else metrics)
-                extras = _final_evaluation(cfg, final_model, task, data, eval_kw())
+                extras = _final_evaluation(cfg, final_model, task, data, eval_kw(),
+                                           run_dir=run_dir if env.is_main else None)
                 final.update(extras)
                 if extras:
                     logger.log({f"test/{k}": v for k, v in extras.items()}, step=step)
@@ -948,9 +960,10 @@ class _Stop(Exception):
 
 
 def _final_evaluation(cfg: ExperimentConfig, model: nn.Module, task: Any, data: DatasetSplits,
-                      kw: dict[str, Any]) -> dict[str, float]:
-    """The dataset's extra test sets, then robustness, attacks, TTA and MC dropout (whatever ``eval.*`` asks for),
-    on fixed random streams."""
+                      kw: dict[str, Any], run_dir: Path | None = None) -> dict[str, float]:
+    """The dataset's extra test sets, then robustness, attacks, TTA, MC dropout and the pointing game (whatever
+    ``eval.*`` asks for), on fixed random streams. The pointing game's full report goes to
+    ``<run_dir>/pointing.json``; its accuracies are ``pointing/<method>/all`` and ``.../difficult``."""
     e = cfg.eval
     out: dict[str, float] = {}
     device = kw["device"]
@@ -972,7 +985,31 @@ def _final_evaluation(cfg: ExperimentConfig, model: nn.Module, task: Any, data: 
         if e.mc_dropout > 0:
             m = evaluate(model, task, data.test, predict=predict_mc_dropout(model, e.mc_dropout), **kw)
             out.update({f"mc_dropout/{k}": v for k, v in m.items()})
+        if e.pointing:
+            out.update(_pointing(cfg, model, data, run_dir))
     return out
+
+
+def _pointing(cfg: ExperimentConfig, model: nn.Module, data: DatasetSplits, run_dir: Path | None) -> dict[str, float]:
+    from experiments.pointing import evaluate_pointing, tolerance_px
+
+    e = cfg.eval
+    gt = e.pointing_gt if getattr(data.test, "masks", None) is not None or e.pointing_gt == "box" else "box"
+    was_training = model.training
+    model.eval()
+    try:
+        results = evaluate_pointing(model, data.test, methods=list(e.pointing), gt=gt, num_classes=data.num_classes,
+                                    max_images=e.pointing_images or None)
+    finally:
+        model.train(was_training)
+    if run_dir is not None:
+        side = int(min(data.test.images.shape[-2:]))
+        report = {"backbone": cfg.model.backbone, "feedback": cfg.model.feedback, "steps": cfg.model.steps,
+                  "seed": cfg.train.seed, "tolerance_px": tolerance_px(side), "gt": gt,
+                  "images": e.pointing_images or len(data.test), "results": results}
+        (Path(run_dir) / "pointing.json").write_text(json.dumps(report, indent=2))
+    return {f"pointing/{m}/{k}": float(r[k]) for m, r in results.items() for k in ("all", "difficult")
+            if r[k] == r[k]}
 
 
 # --------------------------------------------------------------------------------------------------- torchrun entry
