@@ -245,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--wandb", choices=["disabled", "offline", "online"], default="disabled")
     a.add_argument("--device", default="cpu")
     a.set_defaults(fn=cmd_attend)
-    tl = sub.add_parser("tool", help="research tools: lowrank, proxies, obd, diagnostics, tiling")
-    tl.add_argument("tool", choices=["lowrank", "proxies", "obd", "diagnostics", "tiling"])
+    from experiments.tools.run import TOOLS
+
+    tl = sub.add_parser("tool", help=f"research tools: {', '.join(TOOLS)}")
+    tl.add_argument("tool", choices=list(TOOLS))
     tl.add_argument("--quick", action="store_true", help="the small, minutes-long version")
     tl.add_argument("--out", default=None, help="output folder (default: runs/tools/<tool>/...)")
     tl.set_defaults(fn=cmd_tool)

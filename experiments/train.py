@@ -926,10 +926,10 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
             result["metrics_raw"] = metrics
         if env.is_main:
             if logits is not None:
-                save_predictions(run_dir / "predictions.pt", logits, data.test.labels[: logits.shape[0]])
+                save_predictions(run_dir / "predictions.pt", logits, data.test.targets[: logits.shape[0]])
                 if cfg.eval.samples > 0 and data.image_size:
                     k = min(cfg.eval.samples, logits.shape[0])
-                    path = sample_figure(run_dir / "samples.png", data.test.images[:k], data.test.labels[:k],
+                    path = sample_figure(run_dir / "samples.png", data.test.inputs[:k], data.test.targets[:k],
                                          logits[:k], multilabel=data.multilabel, class_names=data.class_names)
                     logger.log_image("samples", path, step=step, caption="test predictions (red: wrong)")
             logger.summary({f"test/{k}": v for k, v in final.items()}
