@@ -19,18 +19,29 @@ Example:
 """
 
 from . import alexnet as alexnet
+from . import chebnet as chebnet
 from . import coordconv as coordconv
+from . import deepsets as deepsets
 from . import densenet as densenet
+from . import gcn as gcn
+from . import gnn as gnn
 from . import googlenet as googlenet
 from . import lenet, resnet
 from . import mlp as mlp
 from . import nasnet as nasnet
+from . import nerf as nerf
+from . import perceiver as perceiver
 from . import perceptron as perceptron
+from . import recurrent as recurrent
 from . import resnet_cifar as resnet_cifar
 from . import siamese as siamese
+from . import siren as siren
+from . import spectral_gnn as spectral_gnn
 from . import squeezenet as squeezenet
+from . import transformer as transformer
 from . import vgg as vgg
 from . import vit as vit
+from . import wavenet as wavenet
 from . import zfnet as zfnet
 from ._registry import GENERIC_OPTIONS as GENERIC_OPTIONS
 from ._registry import create_model, list_models, model_entrypoint, register_model

@@ -14,7 +14,13 @@ Example::
 
 from . import cluttered as cluttered
 from . import digits as digits
+from . import graphs as graphs
 from . import pairs as pairs
+from . import scenes3d as scenes3d
+from . import sequences as sequences
+from . import sets as sets
+from . import signals as signals
+from . import token_tasks as token_tasks
 from . import torchvision_sets as torchvision_sets
 from ._registry import (
     DatasetSplits,

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from experiments.tools import logits_of
+from experiments.tools.random_walk import exp_random_walk
 
 __all__ = ["TOOLS", "accuracy", "fit", "main", "make_config", "make_model", "make_data", "write_results"]
 
@@ -464,6 +465,7 @@ TOOLS: dict[str, Callable[..., tuple[dict, dict]]] = {
     "obd": exp_obd,
     "diagnostics": exp_diagnostics,
     "tiling": exp_tiling,
+    "random_walk": exp_random_walk,
 }
 
 
