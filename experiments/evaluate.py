@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from experiments.data import index_inputs
+from experiments.data import to_device as _to
 from experiments.distributed import SINGLE, DistEnv, all_reduce_sums
 
 __all__ = [
@@ -67,14 +68,6 @@ Predict = Callable[[Tensor], tuple[Tensor, list[Tensor]]]
 
 class Interrupted(Exception):
     """Raised inside an evaluation when the run was asked to stop (a signal): the caller checkpoints and exits."""
-
-
-def _to(x: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
-    if isinstance(x, dict):  # a dict batch (docs/tasks.md)
-        return {k: _to(v, device, memory_format) for k, v in x.items()}
-    if x.dim() == 4:
-        return x.to(device, non_blocking=True, memory_format=memory_format)
-    return x.to(device, non_blocking=True)
 
 
 def _sharded(model: nn.Module) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -58,6 +57,7 @@ from omegaconf import OmegaConf
 
 import baselines
 from experiments.augment import augment_batch, is_active
+from experiments.averaging import WeightAverage
 from experiments.checkpoint import (
     CHECKPOINT,
     VERSION,
@@ -77,6 +77,7 @@ from experiments.config import (
     to_dict,
 )
 from experiments.data import DatasetSplits, ImageSet, SampleSet, create_dataset, dataset_builder, index_inputs
+from experiments.data import to_device as _to
 from experiments.distributed import (
     SINGLE,
     DistEnv,
@@ -96,11 +97,11 @@ from experiments.evaluate import (
     sample_figure,
     save_predictions,
 )
+from experiments.fsdp import full_states, load_states, shard_model
 from experiments.tasks import create_task
 from experiments.tracking import NullLogger, RunLogger, truncate_metrics
 from feedback import FeedbackNet, PlainNet, feedback_class, feedback_cost
 from feedback.cost import plain_cost
-from feedback.none import NoFeedback
 
 __all__ = [
     "RunStopped",
@@ -437,125 +438,6 @@ def enable_grad_checkpointing(model: FeedbackNet) -> int:
     return len(stages)
 
 
-class WeightAverage(nn.Module):
-    """A running average of a model's weights: exponential (EMA) or equal-weight from a start epoch (SWA).
-
-    EMA (Polyak & Juditsky 1992; as timm's ``ModelEmaV3`` without warm-up): ``w_avg <- d * w_avg + (1 - d) * w``
-    after every optimizer step, buffers copied. SWA (Izmailov et al. 2018, "Averaging weights leads to wider optima
-    and better generalization", UAI): ``w_avg <- w_avg + (w - w_avg) / (n + 1)`` at the end of every epoch after
-    ``swa_start`` of training; batch-norm statistics are recomputed for the averaged weights before it is evaluated
-    (:meth:`recalibrate`), covering the per-step statistics of :class:`~feedback.FeedbackNet` too.
-    """
-
-    def __init__(self, model: nn.Module, *, kind: str, decay: float = 0.999) -> None:
-        super().__init__()
-        self.kind, self.decay = kind, decay
-        self.module = copy.deepcopy(model)
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        n = int(self.n_averaged)
-        for pa, p in zip(self.module.parameters(), model.parameters()):
-            if n == 0:
-                pa.copy_(p)
-            elif self.kind == "ema":
-                pa.lerp_(p.to(pa.dtype), 1.0 - self.decay)
-            else:
-                pa.add_((p - pa) / (n + 1))
-        if self.kind == "ema":
-            for ba, b in zip(self.module.buffers(), model.buffers()):
-                ba.copy_(b)
-        self.n_averaged += 1
-
-    @torch.no_grad()
-    def recalibrate(self, images: torch.Tensor | dict[str, torch.Tensor], batch_size: int, device: torch.device,
-                    memory_format: torch.memory_format, amp: Callable[[], Any]) -> None:
-        """Recompute every running batch-norm statistic of the averaged model on ``images`` (the training inputs: a
-        tensor or a dict of tensors) as a cumulative average."""
-        holders = [m for m in self.module.modules() if all(hasattr(m, n) for n in ("running_mean", "running_var"))]
-        norms = [m for m in holders if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        for m in holders:
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-            if getattr(m, "num_batches_tracked", None) is not None:
-                m.num_batches_tracked.zero_()
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.momentum = None  # cumulative moving average over the pass
-        was_training = self.module.training
-        self.module.train()
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                n = next(iter(images.values())).shape[0] if isinstance(images, dict) else images.shape[0]
-                for i in range(0, n, batch_size):
-                    x = _to(index_inputs(images, torch.arange(i, min(i + batch_size, n))), device, memory_format)
-                    with amp():
-                        self.module(x)
-        finally:
-            for m, mom in zip(norms, momenta):
-                m.momentum = mom
-            self.module.train(was_training)
-
-
-def shard_model(model: nn.Module) -> None:
-    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over the default process group.
-
-    Without a feedback kind each backbone part (stem, every stage, head) is its own unit, so only one stage's full
-    parameters exist at a time. With a feedback kind the whole model is one unit: kinds may read backbone weights
-    outside the stage that owns them (the generative kind's tied transposed convolutions), which per-stage
-    sharding would hand them as shards; gradients and optimizer state are still sharded.
-    """
-    from torch.distributed.fsdp import fully_shard
-
-    units: list[nn.Module] = []
-    if isinstance(model, FeedbackNet) and isinstance(model.feedback, NoFeedback):
-        bb = model.backbone
-        units = [bb.stem, *bb.stages, bb.head]
-    elif isinstance(model, PlainNet):
-        units = list(model.backbone.children())
-    for unit in units:
-        if any(p.requires_grad for p in unit.parameters()):
-            fully_shard(unit)
-    fully_shard(model)
-
-
-def full_states(model: nn.Module, optimizer: torch.optim.Optimizer, *, fsdp: bool) -> tuple[dict, dict]:
-    """The model's and optimizer's state dicts, gathered whole on the CPU of rank 0 under FSDP (every rank calls)."""
-    if not fsdp:
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def load_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict,
-                *, fsdp: bool) -> None:
-    """Load whole state dicts (as :func:`full_states` returns them) into a plain or an FSDP-sharded model."""
-    if not fsdp:
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        return
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state, options=opts)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=opts)
-
-
 class TrainStep:
     """One optimizer step: forward under autocast (or not), loss over the steps, backward, clip, step.
 
@@ -624,16 +506,6 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the run
-
-
-def _to(x: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
-    """Move a batch to the device, in channels_last when asked and the batch is an image batch (4-D); a dict batch
-    (docs/tasks.md) tensor by tensor."""
-    if isinstance(x, dict):
-        return {k: _to(v, device, memory_format) for k, v in x.items()}
-    if x.dim() == 4:
-        return x.to(device, non_blocking=True, memory_format=memory_format)
-    return x.to(device, non_blocking=True)
 
 
 def _peak_memory_mb(device: torch.device) -> dict[str, float]:

@@ -31,6 +31,7 @@ from ._registry import (
     index_inputs,
     list_datasets,
     register_dataset,
+    to_device,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "index_inputs",
     "list_datasets",
     "register_dataset",
+    "to_device",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "ImageSet",
     "SampleSet",
     "index_inputs",
+    "to_device",
     "create_dataset",
     "dataset_builder",
     "list_datasets",
@@ -53,6 +54,17 @@ def index_inputs(inputs: torch.Tensor | dict[str, torch.Tensor], idx: torch.Tens
     if isinstance(inputs, dict):
         return {k: v[idx] for k, v in inputs.items()}
     return inputs[idx]
+
+
+def to_device(x: torch.Tensor | dict[str, torch.Tensor], device: torch.device | str,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Move a batch to ``device`` (non-blocking): image batches (4-D) in ``memory_format``, dict batches tensor by
+    tensor."""
+    if isinstance(x, dict):
+        return {k: to_device(v, device, memory_format) for k, v in x.items()}
+    if x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=memory_format)
+    return x.to(device, non_blocking=True)
 
 
 @dataclass
