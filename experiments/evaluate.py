@@ -50,7 +50,7 @@ from torch import Tensor
 
 from experiments.data import index_inputs
 from experiments.data import to_device as _to
-from experiments.distributed import SINGLE, DistEnv, all_reduce_sums
+from experiments.distributed import SINGLE, DistEnv, all_gather_objects, all_reduce_sums
 
 __all__ = [
     "attack_metrics",
@@ -109,6 +109,7 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
     predict = predict or _forward(model)
     n_total = len(ds) if limit is None else min(limit, len(ds))
     sums: dict[str, float] = {}
+    state = task.init_state() if hasattr(task, "init_state") else None  # set-level metrics (mIoU, mAP, BLEU)
     try:
         with torch.no_grad():
             for b, start in enumerate(range(0, n_total, batch_size)):
@@ -133,11 +134,17 @@ def evaluate(model: nn.Module, task: Any, ds: Any, *, batch_size: int, device: t
                 if keep_logits is not None:
                     keep_logits.append(logits.float().cpu())
                 _accumulate(sums, task, logits, per_step, y)
+                if state is not None:
+                    task.update(state, logits.detach().float().cpu(), y.cpu())
     finally:
         model.train(was_training)
     sums = all_reduce_sums(dict(sorted(sums.items())), env)
     n = sums.pop("n", 0.0)
     metrics = {k: v / max(n, 1.0) for k, v in sums.items()}
+    if state is not None:
+        if env.world_size > 1:
+            state = task.merge(all_gather_objects(state, env))
+        metrics.update(task.compute(state))
     return task.finalize(metrics) if hasattr(task, "finalize") else metrics
 
 

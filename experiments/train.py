@@ -348,12 +348,40 @@ def lr_factor(step: int, total: int, cfg: ExperimentConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lr_scales(model: nn.Module) -> dict[int, float]:
+    """Learning-rate multipliers that modules ask for: ``{id(parameter): scale}``.
+
+    A module with a method ``lr_scales() -> {parameter-name prefix: multiplier}`` (names relative to that module)
+    gets those parameters trained at ``train.lr * multiplier`` (e.g. Meta-RIMs' fast attention and slow modules).
+    """
+    out: dict[int, float] = {}
+    for module in model.modules():
+        fn = getattr(module, "lr_scales", None)
+        if not callable(fn):
+            continue
+        table = dict(fn())
+        for name, p in module.named_parameters():
+            for prefix, scale in table.items():
+                if name == prefix or name.startswith(prefix.rstrip(".") + "."):
+                    out[id(p)] = float(scale)
+    return out
+
+
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over two parameter groups (weight decay on matrices and kernels, none on biases and norms), and
+    one more group per learning-rate multiplier a module asks for (:func:`lr_scales`)."""
     t = cfg.train
+    scales = lr_scales(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     # no weight decay on biases and norm parameters (1-D tensors), the usual timm/nanoGPT practice
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in scales]
+    no_decay = [p for p in params if p.dim() < 2 and id(p) not in scales]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for scale in sorted(set(scales.values())):
+        for wd, keep in ((t.weight_decay, lambda p: p.dim() >= 2), (0.0, lambda p: p.dim() < 2)):
+            ps = [p for p in params if scales.get(id(p)) == scale and keep(p)]
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd, "lr": t.lr * scale})
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=t.lr)
@@ -450,16 +478,21 @@ class TrainStep:
                  grad_clip: float = 0.0) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler, self.task = model, optimizer, scheduler, scaler, task
         self.amp, self.supervise, self.aux_weight, self.grad_clip = amp, supervise, aux_weight, grad_clip
+        inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))  # DDP, compile
+        self.pass_target = bool(getattr(inner, "takes_target", False))  # models that compute their own loss
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         with self.amp():
-            out = self.model(x)
-            if self.supervise == "all":
-                loss = torch.stack([self.task.loss(lg, y) for lg in out.per_step]).mean()
+            out = self.model(x, target=y) if self.pass_target else self.model(x)
+            if not out.per_step:  # the model computed its own losses (feedback.PlainNet's docstring)
+                loss = total = sum(out.aux_losses.values())
             else:
-                loss = self.task.loss(out.logits, y)
-            total = loss + self.aux_weight * sum(out.aux_losses.values()) if out.aux_losses else loss
+                if self.supervise == "all":
+                    loss = torch.stack([self.task.loss(lg, y) for lg in out.per_step]).mean()
+                else:
+                    loss = self.task.loss(out.logits, y)
+                total = loss + self.aux_weight * sum(out.aux_losses.values()) if out.aux_losses else loss
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.grad_clip > 0:

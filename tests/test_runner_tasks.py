@@ -203,3 +203,79 @@ def test_sync_bn_switch_converts_before_feedback_collects_the_norms(tmp_path):
     assert net._norms and all(isinstance(m, nn.SyncBatchNorm) for m in net._norms)
     r = train_run(cfg, tmp_path / "run", cell="c", variant={})
     assert 0.0 <= r["metrics"]["acc"] <= 1.0
+
+
+# ------------------------------------------------------- set-level metrics, model-computed losses, lr multipliers
+
+
+class _CountTask:
+    """A toy task with a set-level metric: the share of all scored targets predicted right, from a running count."""
+
+    metric_names, primary, step_metric = ("mse",), "mse", "mse"
+
+    def loss(self, out, y):
+        return torch.nn.functional.mse_loss(out, y)
+
+    def correct(self, out, y):
+        return {"mse": (out - y).pow(2).mean(-1)}
+
+    def init_state(self):
+        return {"n": 0, "close": 0}
+
+    def update(self, state, out, y):
+        state["n"] += y.shape[0]
+        state["close"] += int(((out - y).abs().max(-1).values < 0.1).sum())
+
+    def merge(self, states):
+        return {k: sum(s[k] for s in states) for k in states[0]}
+
+    def compute(self, state):
+        return {"close": state["close"] / state["n"]}
+
+
+class _SelfLoss(nn.Module):
+    """Computes its own training loss from ``target`` (as torchvision detectors do); predicts in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x, target=None):
+        out = self.lin(x)
+        if target is not None:
+            return {"losses": {"mse": torch.nn.functional.mse_loss(out, target)}, "out": None}
+        return out
+
+    def lr_scales(self):
+        return {"lin.bias": 10.0}
+
+
+@baselines.register_model(family="toy", staged=False)
+def _toy_self_loss(*, num_classes: int = 1, in_chans: int = 2) -> nn.Module:
+    return _SelfLoss()
+
+
+@register_dataset
+def _toy_line_set(*, seed: int = 0) -> DatasetSplits:
+    d = _toy_line(seed=seed)
+    d.task = "_count"
+    return d
+
+
+def test_set_level_metrics_model_losses_and_lr_scales(tmp_path, monkeypatch):
+    from experiments import tasks
+    from experiments.train import make_optimizer
+
+    monkeypatch.setitem(tasks.TASKS, "_count", _CountTask)
+    cfg = _cfg(tmp_path, **{"model.backbone": "_toy_self_loss", "data.name": "_toy_line_set", "train.epochs": 15,
+                            "train.lr": 0.1})
+    net = PlainNet(_SelfLoss())
+    assert net.takes_target and not PlainNet(_TwoStep(2, 1)).takes_target
+    opt = make_optimizer(net, cfg)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1, pytest.approx(1.0)]
+    assert opt.param_groups[2]["params"] == [net.backbone.lin.bias]
+    r = train_run(cfg, tmp_path / "run", cell="c", variant={})
+    m = r["metrics"]
+    assert 0.9 < m["close"] <= 1.0 and m["mse"] < 0.003  # learnt from its own loss; the set metric counts it
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/aux/mse" in row for row in rows)
