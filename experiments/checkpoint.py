@@ -14,8 +14,11 @@ stopped (infrastructure.md §9 item 7):
 The shuffle is a pure function of (seed, epoch) and the learning rate of the step, so with these restored a run
 stopped at any step and resumed into fresh objects reaches bit-identical parameters on CPU. Writes go to a
 temporary file that is then ``os.replace``-d over the old one, so a crash (even SIGKILL) mid-write leaves the
-previous checkpoint intact; loading uses ``torch.load(..., weights_only=True)``: only tensors and plain containers
-are stored, never pickled objects.
+previous checkpoint intact; the one it replaces is kept as ``checkpoints/prev.pt``, and a ``last.pt`` that cannot be
+read (truncated by a full disk, corrupted on a flaky file system) makes :func:`load_checkpoint` fall back to it
+with a warning, so the run resumes from one interval earlier instead of stopping. Loading uses
+``torch.load(..., weights_only=True)``: only tensors and plain containers are stored, and a checkpoint carrying a
+pickled object (code) is refused, never executed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT",
+    "PREVIOUS",
     "atomic_save",
     "capture_rng",
     "checkpoint_status",
@@ -40,17 +45,24 @@ __all__ = [
 ]
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+PREVIOUS = Path("checkpoints") / "prev.pt"
 VERSION = 2
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` it over ``path``."""
+def atomic_save(obj: Any, path: Path, *, keep_previous: Path | None = None) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` it over ``path``.
+
+    With ``keep_previous``, the file being replaced is first moved there (itself atomically), so a good previous
+    version survives whatever happens to the new one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
+    if keep_previous is not None and path.is_file():
+        os.replace(path, keep_previous)
     os.replace(tmp, path)
 
 
@@ -80,11 +92,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The run's checkpoint, or None if it has none. Raises ``ValueError`` if the file cannot be read."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        return None
+def _read(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -95,10 +103,37 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     return ckpt
 
 
+def load_checkpoint(run_dir: Path, *, warn: bool = True, set_aside_unreadable: bool = False) -> dict[str, Any] | None:
+    """The run's checkpoint, or None if it has none.
+
+    If ``last.pt`` cannot be read but ``prev.pt`` can, the previous one is returned (with a warning on stderr);
+    ``set_aside_unreadable`` (the resuming run) then renames the bad file ``last.unreadable.pt``, so the next save
+    does not keep it as the previous checkpoint.
+
+    Raises:
+        ValueError: no readable checkpoint although one is there (the message names the file and the problem).
+    """
+    path, prev = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    if not path.is_file():
+        return _read(prev) if prev.is_file() else None  # a crash between the two renames of atomic_save
+    try:
+        return _read(path)
+    except ValueError as e:
+        if not prev.is_file():
+            raise
+        ckpt = _read(prev)
+        if set_aside_unreadable:
+            os.replace(path, path.with_name("last.unreadable.pt"))
+        if warn:
+            print(f"feedback: warning: {e}; resuming from the previous checkpoint {prev} (step {ckpt.get('step')})",
+                  file=sys.stderr)
+        return ckpt
+
+
 def checkpoint_status(run_dir: Path, run_hash: str) -> str:
     """``"none"`` (no checkpoint), ``"match"`` (resumable: same config), ``"mismatch"`` or ``"unreadable"``."""
     try:
-        ckpt = load_checkpoint(run_dir)
+        ckpt = load_checkpoint(run_dir, warn=False)
     except ValueError:
         return "unreadable"
     if ckpt is None:

@@ -42,6 +42,7 @@ def _validate(cells: list[Any]) -> None:
         data_builder,
         feedback_builder,
         load_data,
+        make_task,
         preset_args,
         select_device,
     )
@@ -89,6 +90,7 @@ def _validate(cells: list[Any]) -> None:
                               default=str)
             if dkey not in datasets:
                 datasets[dkey] = load_data(cfg)
+            make_task(cfg, datasets[dkey])  # the task fits the data; eval options the data can serve
             mkey = dkey + json.dumps(
                 [cfg.model.backbone, cfg.model.backbone_args, cfg.model.feedback, cfg.model.feedback_args,
                  cfg.model.steps, cfg.model.readout, cfg.model.norm_stats, cfg.model.preset], sort_keys=True, default=str)

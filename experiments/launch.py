@@ -18,6 +18,7 @@ the lock files keep two sweeps (or two array jobs) from running one cell twice.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments.config import ConfigError, apply_overrides
-from experiments.sweep import Cell, RunSpec, run_one, run_sweep, summarize_outcomes
+from experiments.sweep import Cell, RunSpec, _lock_path, run_one, run_sweep, summarize_outcomes
 
 __all__ = ["BACKENDS", "CellJob", "run_processes", "run_submitit", "sweep"]
 
@@ -56,61 +57,104 @@ def _worker(spec: RunSpec, retry_failed: bool) -> dict[str, Any]:
         return {"label": spec.label, "status": "interrupted", "error": f"exit {e.code}", "code": e.code}
 
 
+def _child(spec: RunSpec, retry_failed: bool, threads: int, conn: Any) -> None:
+    """One run in a fresh (spawned) process; its outcome goes back through ``conn``."""
+    _worker_init(threads)
+    conn.send(_worker(spec, retry_failed))
+    conn.close()
+
+
+def _record_death(spec: RunSpec, exitcode: int | None, pid: int) -> dict[str, Any]:
+    """A worker that died without reporting (SIGKILL, the out-of-memory killer): FAILED with the cause, and its lock
+    (held by the dead process) removed so that ``--retry-failed`` can claim the run at once."""
+    how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    msg = f"WorkerDied: the worker process running it died ({how}); rerun with --retry-failed to resume it"
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / "FAILED").write_text(msg + "\n")
+    (spec.run_dir / "error.txt").write_text(msg + "\n")
+    lock = _lock_path(spec)
+    try:
+        if lock.is_file() and json.loads(lock.read_text() or "{}").get("pid") == pid:
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+    return {"label": spec.label, "status": "failed", "error": msg}
+
+
 def run_processes(cells: list[Cell], *, workers: int, retry_failed: bool = False, progress: bool = True,
                   echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the grid on ``workers`` local processes; returns the sweep summary (see :func:`run_sweep`)."""
+    """Run the grid on ``workers`` local processes; returns the sweep summary (see :func:`run_sweep`).
+
+    Every run gets its own spawned process (clean CUDA and thread state), at most ``workers`` at a time. A worker
+    that dies without reporting (SIGKILL, out of memory) fails its own run, recorded as ``FAILED`` with the cause;
+    the other runs go on. SIGTERM/SIGINT are passed on to the workers, which checkpoint and stop.
+    """
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     runs = [r for c in cells for r in c.runs]
     # per-run bars from several processes would garble the terminal: the parent shows one bar for the sweep
-    runs = [RunSpec(r.cell, r.variant, r.seed, apply_overrides(r.cfg, {"log.progress": False}), r.run_dir)
-            for r in runs]
+    pending = [RunSpec(r.cell, r.variant, r.seed, apply_overrides(r.cfg, {"log.progress": False}), r.run_dir)
+               for r in runs]
     threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
     outcomes: list[dict[str, Any]] = []
+    running: dict[Any, tuple[RunSpec, Any]] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(runs), desc=f"sweep ({workers} workers)", dynamic_ncols=True, unit="run")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(threads,))
+        bar = tqdm(total=len(pending), desc=f"sweep ({workers} workers)", dynamic_ncols=True, unit="run")
     previous = signal.getsignal(signal.SIGTERM)
+    stopping = {"signum": 0}
 
-    def forward_term(signum: int, frame: Any) -> None:  # pass SIGTERM on to the workers, then wait for them
-        for p in list(getattr(pool, "_processes", {}).values()):
+    def forward(signum: int, frame: Any) -> None:  # pass the signal on to the workers, then wait for them
+        stopping["signum"] = signum
+        pending.clear()
+        for proc in running:
             try:
-                os.kill(p.pid, signum)
+                os.kill(proc.pid, signum)
             except ProcessLookupError:
                 pass
-        raise KeyboardInterrupt
 
     code = 0
     try:
-        signal.signal(signal.SIGTERM, forward_term)
-        futures = [pool.submit(_worker, spec, retry_failed) for spec in runs]
-        for fut in as_completed(futures):
+        signal.signal(signal.SIGTERM, forward)
+        while pending or running:
+            while pending and len(running) < workers:
+                spec = pending.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_child, args=(spec, retry_failed, threads, send))
+                proc.start()
+                send.close()
+                running[proc] = (spec, recv)
             try:
-                out = fut.result()
-            except Exception as e:  # the worker process died (killed, out of memory)
-                out = {"label": "?", "status": "failed", "error": f"worker died: {type(e).__name__}: {e}"}
-            if out["status"] == "interrupted":
-                code = code or int(out.get("code") or 130)
-                for f in futures:
-                    f.cancel()
-            outcomes.append(out)
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        code = code or 128 + signal.SIGINT
-        pool.shutdown(wait=True, cancel_futures=True)
+                wait([proc.sentinel for proc in running], timeout=1.0)
+            except KeyboardInterrupt:
+                forward(signal.SIGINT, None)
+                continue
+            for proc in [p for p in running if not p.is_alive()]:
+                spec, recv = running.pop(proc)
+                proc.join()
+                try:
+                    out = recv.recv() if recv.poll() else None
+                except (EOFError, OSError):
+                    out = None
+                recv.close()
+                out = out or _record_death(spec, proc.exitcode, proc.pid)
+                if out["status"] == "interrupted":
+                    code = code or int(out.get("code") or 130)
+                    pending.clear()
+                outcomes.append(out)
+                if bar is not None:
+                    bar.update(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
+    code = code or (128 + stopping["signum"] if stopping["signum"] else 0)
     if code:
         raise SystemExit(code)
     return summarize_outcomes(outcomes)

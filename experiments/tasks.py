@@ -36,7 +36,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,16 +147,25 @@ class RegressTask:
         return out
 
 
-TASKS = {"classify": ClassifyTask, "tokens": TokensTask, "regress": RegressTask}
+# name -> task class, or "module:Class" for tasks in their own files (imported when first used)
+TASKS: dict[str, Any] = {
+    "classify": ClassifyTask,
+    "tokens": TokensTask,
+    "regress": RegressTask,
+    "detect": "experiments.tasks_detect:DetectTask",
+}
 
 
-def create_task(name: str, *, multilabel: bool = False,
-                multilabel_loss: str = "softmax") -> ClassifyTask | TokensTask | RegressTask:
-    """The task ``name`` (``classify``, ``tokens``, ``regress``)."""
+def create_task(name: str, *, multilabel: bool = False, multilabel_loss: str = "softmax") -> Any:
+    """The task ``name`` (one of :data:`TASKS`: ``classify``, ``tokens``, ``regress``, ``detect``, ...)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")
     if name == "classify":
         return ClassifyTask(multilabel=multilabel, multilabel_loss=multilabel_loss)
     if multilabel:
         raise ValueError(f"task {name!r} does not take multi-label data")
-    return TASKS[name]()
+    cls = TASKS[name]
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls()

@@ -60,6 +60,7 @@ from experiments.augment import augment_batch, is_active
 from experiments.averaging import WeightAverage
 from experiments.checkpoint import (
     CHECKPOINT,
+    PREVIOUS,
     VERSION,
     atomic_save,
     capture_rng,
@@ -588,7 +589,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     ckpt = None
     if t.resume != "never":
         try:
-            ckpt = load_checkpoint(run_dir)
+            ckpt = load_checkpoint(run_dir, set_aside_unreadable=env.is_main)
         except ValueError as e:
             raise ConfigError(f"{e}; pass train.resume=never to set the run aside and start over") from None
         if ckpt is not None and ckpt.get("run_hash") != rhash and t.resume != "force":
@@ -711,7 +712,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                 "config_hash": config_hash(cfg), "metrics": metrics, "metrics_avg": metrics_avg,
                 "metrics_offset": logger.offset(), "elapsed": logger.elapsed(), "segment": segment,
                 "world_size": env.world_size, "wandb_id": getattr(logger, "run_id", None),
-            }, run_dir / CHECKPOINT)
+            }, run_dir / CHECKPOINT, keep_previous=run_dir / PREVIOUS)
         barrier(env)
 
     def stop_requested() -> int:
