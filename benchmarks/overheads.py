@@ -11,6 +11,8 @@
    backward pass of the same model. Goal: at most 3x.
 3. ``data``: generating a cluttered-digit scene against the training step that consumes it, per sample. Goal:
    generation at least 10x faster than training.
+4. ``steps`` (run on a GPU; not part of the default set): training throughput of ``FeedbackNet(resnet50, kind,
+   steps=T)`` at 224 px, batch 64, bf16 autocast + channels_last, for T = 1, 2, 4, against the plain backbone.
 
 The models are the fast-tier ones (LeNet-5 ReLU at 32 px and a narrow ResNet-18 at 32 px), batch 32; the numbers
 are whatever this machine gives, and the script prints the device and thread count it ran on.
@@ -102,11 +104,11 @@ def bench_readout(device: torch.device, rounds: int) -> list[dict]:
         x = torch.rand(32, 1, 32, 32, device=device)
         y = torch.randint(0, 10, (32,), device=device)
 
-        def fwd_bwd() -> None:
+        def fwd_bwd(model: torch.nn.Module = model, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
             xx = x.clone().requires_grad_(True)
             model(xx).gather(1, y[:, None]).sum().backward()
 
-        t = alternate({"fb": fwd_bwd, "eb": lambda: excitation_backprop(model, x, y)}, rounds=rounds, reps=3,
+        t = alternate({"fb": fwd_bwd, "eb": lambda m=model, x=x, y=y: excitation_backprop(m, x, y)}, rounds=rounds, reps=3,
                       device=device)
         rows.append({"backbone": name, "ms_forward_backward": 1e3 * t["fb"], "ms_excitation_backprop": 1e3 * t["eb"],
                      "ratio": t["eb"] / t["fb"]})
@@ -127,7 +129,8 @@ def bench_data(device: torch.device, rounds: int) -> list[dict]:
         x = torch.rand(32, 1, 32, 32, device=device)
         y = (torch.rand(32, 10, device=device) > 0.8).float()
 
-        def train_step() -> None:
+        def train_step(net: torch.nn.Module = net, opt: torch.optim.Optimizer = opt, x: torch.Tensor = x,
+                       y: torch.Tensor = y) -> None:
             loss = F.binary_cross_entropy_with_logits(net(x).logits, y)
             opt.zero_grad()
             loss.backward()
@@ -141,10 +144,34 @@ def bench_data(device: torch.device, rounds: int) -> list[dict]:
     return rows
 
 
+def bench_steps(device: torch.device, rounds: int, kind: str = "deconv") -> list[dict]:
+    bb = baselines.create_model("resnet50", num_classes=1000, in_chans=3).to(device, memory_format=torch.channels_last)
+    x = torch.rand(64, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (64,), device=device)
+    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    rows, fns = [], {}
+
+    def with_amp(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with amp():
+                fn()
+        return run
+
+    fns["backbone"] = with_amp(_train_step(bb, x, y))
+    for t in (1, 2, 4):
+        net = FeedbackNet(bb, kind, steps=t, input_size=(3, 224, 224)).to(device, memory_format=torch.channels_last)
+        fns[f"T={t}"] = with_amp(_train_step(net, x, y))
+    times = alternate(fns, rounds=rounds, reps=3, device=device)
+    for k, v in times.items():
+        rows.append({"what": k, "kind": kind, "ms_step": 1e3 * v, "images_per_s": 64 / v,
+                     "vs_backbone": v / times["backbone"]})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", choices=["kinds", "readout", "data"], default=None)
+    p.add_argument("--only", choices=["kinds", "readout", "data", "steps"], default=None)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", default="")
@@ -175,6 +202,12 @@ def main() -> None:
         for r in out["data"]:
             print(f"  {r['backbone']:<15} generate {r['us_generate_per_sample']:7.1f} us, train "
                   f"{r['us_train_per_sample']:7.1f} us  ratio {r['ratio_train_over_generate']:.1f}")
+    if args.only == "steps":
+        out["steps"] = bench_steps(device, rounds)
+        print("\n4. FeedbackNet(resnet50, deconv) training step, 224 px, batch 64, bf16 + channels_last")
+        for r in out["steps"]:
+            print(f"  {r['what']:<9} {r['ms_step']:7.1f} ms  {r['images_per_s']:7.1f} img/s  "
+                  f"x{r['vs_backbone']:.2f} of the backbone")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": where, **out}, indent=2))
 
