@@ -19,10 +19,13 @@ Example:
 """
 
 from . import alexnet as alexnet
+from . import captioner as captioner
 from . import chebnet as chebnet
 from . import coordconv as coordconv
+from . import dcgan as dcgan
 from . import deepsets as deepsets
 from . import densenet as densenet
+from . import faster_rcnn as faster_rcnn
 from . import gcn as gcn
 from . import gnn as gnn
 from . import googlenet as googlenet
@@ -32,16 +35,22 @@ from . import nasnet as nasnet
 from . import nerf as nerf
 from . import perceiver as perceiver
 from . import perceptron as perceptron
+from . import pixelnet as pixelnet
+from . import rcnn as rcnn
 from . import recurrent as recurrent
 from . import resnet_cifar as resnet_cifar
+from . import segnet as segnet
 from . import siamese as siamese
 from . import siren as siren
 from . import spectral_gnn as spectral_gnn
 from . import squeezenet as squeezenet
+from . import stn as stn
 from . import transformer as transformer
+from . import unet as unet
 from . import vgg as vgg
 from . import vit as vit
 from . import wavenet as wavenet
+from . import yolo as yolo
 from . import zfnet as zfnet
 from ._registry import GENERIC_OPTIONS as GENERIC_OPTIONS
 from ._registry import create_model, list_models, model_entrypoint, register_model

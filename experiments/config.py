@@ -173,7 +173,7 @@ class ExperimentConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("auto", "classify", "tokens", "regress", "detect"),
+    "task": ("auto", "classify", "tokens", "regress", "detect", "segment", "caption"),
     "model.readout": ("last", "mean"),
     "data.on_device": ("auto", "always", "never"),
     "eval.pointing_gt": ("mask", "box"),

@@ -121,6 +121,10 @@ def _columns(keys: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any
         cols.append(("PSNR dB", lambda r: _pm(r, "psnr", scale=1.0)))
         cols.append(("mse", lambda r: f"{r['mse']:.4g}" if "mse" in r else "-"))
         cols += [(f"{t} PSNR dB", lambda r, t=t: _pm(r, f"{t}/psnr", scale=1.0)) for t in tests]
+    for m in primaries:  # set-level primaries of the other tasks (map50, miou, bleu4), in percent
+        if m not in ("acc", "psnr"):
+            cols.append((f"{m} %", lambda r, m=m: _pm(r, m)))
+            cols += [(f"{t} {m} %", lambda r, t=t, m=m: _pm(r, f"{t}/{m}")) for t in tests]
     if any("acc_ens" in r for r in rows):
         cols.append(("ens %", lambda r: f"{100 * r['acc_ens']:.1f}" if "acc_ens" in r else "-"))
     cols.append(("params", lambda r: f"{r['params']:,}"))

@@ -77,13 +77,21 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
+_MISSING = object()  # an exclude key the config does not set never matches
+
+
 def _excluded(variant: dict[str, Any], base: ExperimentConfig, exclude: list[dict[str, Any]]) -> bool:
     def value(key: str) -> Any:
         if key in variant:
             return variant[key]
         cur: Any = base
-        for p in key.split("."):
-            cur = getattr(cur, p)
+        for p in key.split("."):  # dataclass fields, then the free-form dicts (data.options, backbone_args, ...)
+            if isinstance(cur, dict):
+                if p not in cur:
+                    return _MISSING
+                cur = cur[p]
+            else:
+                cur = getattr(cur, p)
         return cur
 
     return any(all(value(k) == v for k, v in entry.items()) for entry in exclude)

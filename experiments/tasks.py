@@ -153,11 +153,14 @@ TASKS: dict[str, Any] = {
     "tokens": TokensTask,
     "regress": RegressTask,
     "detect": "experiments.tasks_detect:DetectTask",
+    "segment": "experiments.tasks_segment:SegmentTask",
+    "caption": "experiments.tasks_caption:CaptionTask",
 }
 
 
 def create_task(name: str, *, multilabel: bool = False, multilabel_loss: str = "softmax") -> Any:
-    """The task ``name`` (one of :data:`TASKS`: ``classify``, ``tokens``, ``regress``, ``detect``, ...)."""
+    """The task ``name`` (one of :data:`TASKS`: ``classify``, ``tokens``, ``regress``, ``detect``, ``segment``,
+    ``caption``)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")
     if name == "classify":

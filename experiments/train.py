@@ -56,6 +56,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 import baselines
+from experiments import routing_models as routing_models  # noqa: F401
 from experiments.augment import augment_batch, is_active
 from experiments.averaging import WeightAverage
 from experiments.checkpoint import (
@@ -309,6 +310,8 @@ def make_task(cfg: ExperimentConfig, data: DatasetSplits) -> Any:
                 method_spec(spec)
             except ValueError as e:
                 raise ConfigError(f"eval.pointing: {e}") from None
+    if name not in ("classify", "tokens", "regress") and is_active(**dataclasses.asdict(cfg.data.augment)):
+        raise ConfigError(f"data.augment moves the images but not the {name} targets (boxes, masks); turn it off")
     if name != "classify" and cfg.eval.mc_dropout:
         raise ConfigError(f"eval.mc_dropout averages class probabilities; task {name!r} has none (set it to 0)")
     try:

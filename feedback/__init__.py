@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registers the kinds)
     none,
     wta,  # noqa: F401  (registers the 'wta' kind)
 )
+from .brims_cnn import BRIMsFeedback  # noqa: F401  (registers the 'brims' kind)
 from .cognitive import CognitiveFeedback  # noqa: F401  (registers the kind)
 from .core import (
     STAGED_ATTRS,
@@ -28,6 +29,8 @@ from .core import (
     staged_forward,
 )
 from .cost import feedback_cost
+from .latents import LatentsFeedback  # noqa: F401  (registers the 'latents' kind)
+from .layer_attention import LayerAttentionFeedback  # noqa: F401  (registers the 'layer_attention' kind)
 from .plain import PlainNet
 from .rectified import RectifiedFeedback  # noqa: F401  (registers the kind)
 from .tdm import TDMFeedback  # noqa: F401  (registers the kind)

@@ -106,7 +106,7 @@ def test_regress_task_psnr():
     assert task.finalize({"mse": 0.01, "mse_step1": 0.1})["psnr"] == pytest.approx(20.0)
     assert task.finalize({"mse": 0.01, "mse_step1": 0.1})["psnr_step1"] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="unknown task"):
-        create_task("segment")
+        create_task("segmentt")
 
 
 def test_plain_net_wraps_tensor_and_list_outputs():

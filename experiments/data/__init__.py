@@ -12,13 +12,17 @@ Example::
     import inspect; inspect.signature(dataset_builder("digits"))   # the valid options
 """
 
+from . import captions as captions
 from . import cluttered as cluttered
+from . import detection as detection
 from . import digits as digits
+from . import distorted as distorted
 from . import graphs as graphs
 from . import pairs as pairs
 from . import scenes3d as scenes3d
 from . import sequences as sequences
 from . import sets as sets
+from . import shapes as shapes
 from . import signals as signals
 from . import token_tasks as token_tasks
 from . import torchvision_sets as torchvision_sets

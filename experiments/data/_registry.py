@@ -113,6 +113,9 @@ class ImageSet:
             of class ``k``.
         clutter_ids: optional int64 ``(N, num_clutter)``: indices into ``load_digits()`` of the digits the
             clutter fragments were cropped from (so source disjointness can be checked for clutter too).
+        instance_masks: optional int64 ``(N, H, W)``: ``0`` background, ``j + 1`` where object ``j`` (row ``j`` of
+            ``boxes``) is visible.
+        captions: optional ``list[str]`` of length ``N``: one description per image.
     """
 
     images: torch.Tensor
@@ -121,17 +124,23 @@ class ImageSet:
     boxes: torch.Tensor | None = None
     masks: torch.Tensor | None = None
     clutter_ids: torch.Tensor | None = None
+    instance_masks: torch.Tensor | None = None
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
         if self.images.dim() != 4 or self.images.dtype != torch.float32:
             raise ValueError(f"images must be float32 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        for name in ("labels", "source_ids", "boxes", "masks", "clutter_ids"):
+        for name in ("labels", "source_ids", "boxes", "masks", "clutter_ids", "instance_masks"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
                 raise ValueError(f"{name} has {value.shape[0]} rows but images has {n}")
-        if self.masks is not None and tuple(self.masks.shape[1:]) != tuple(self.images.shape[2:]):
-            raise ValueError(f"masks {tuple(self.masks.shape)} do not match images {tuple(self.images.shape)}")
+        for name in ("masks", "instance_masks"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape[1:]) != tuple(self.images.shape[2:]):
+                raise ValueError(f"{name} {tuple(value.shape)} do not match images {tuple(self.images.shape)}")
+        if self.captions is not None and (len(self.captions) != n or not all(isinstance(c, str) for c in self.captions)):
+            raise ValueError(f"captions must be a list of {n} strings, got {len(self.captions)} entries")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

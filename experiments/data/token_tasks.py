@@ -148,6 +148,12 @@ def permuted_digits(
     tokens: bool = False,
     num_bands: int = 8,
     max_freq: float = 0.0,
+    source: str = "digits",
+    num_train: int = 2000,
+    num_test: int = 500,
+    rotate: float = 15.0,
+    translate: float = 0.3,
+    clutter: int = 0,
 ) -> DatasetSplits:
     """The ``digits`` dataset with one fixed pixel permutation applied to all images (train and test).
 
@@ -163,13 +169,30 @@ def permuted_digits(
             channels, so a Perceiver built with the same ``num_bands`` / ``max_freq`` reads either form.
         num_bands, max_freq: the Fourier features of ``tokens`` (``max_freq`` 0: ``image_size``, the Perceiver's
             default).
+        source: ``"digits"`` (the sklearn digits resized to ``image_size``) or ``"distorted_digits"``
+            (:mod:`experiments.data.distorted`: a digit of side ``image_size // 2`` on an ``image_size`` canvas,
+            rotated by up to ``rotate`` degrees, scaled 0.8-1.1, shifted by up to ``translate`` (normalised), with
+            ``clutter`` clutter crops and train/test from disjoint digit sources). Where the digit sits varies, so
+            the local structure a convolution exploits (translation equivariance, pooling) matters.
+        num_train, num_test, rotate, translate, clutter: ``distorted_digits`` only (``test_fraction`` is then
+            unused).
 
     With ``tokens=false`` the permutation moves pixel values and the image grid stays where it is, so position
     features a model computes from the grid no longer describe where a pixel came from.
     """
     if not isinstance(permute_pixels, bool) or not isinstance(tokens, bool):
         raise ValueError(f"permute_pixels and tokens must be true or false, got {permute_pixels!r}, {tokens!r}")
-    base = digits(seed=seed, image_size=image_size, test_fraction=test_fraction)
+    if source == "digits":
+        base = digits(seed=seed, image_size=image_size, test_fraction=test_fraction)
+    elif source == "distorted_digits":
+        from .distorted import distorted_digits
+
+        base = distorted_digits(seed=seed, canvas=int(image_size), digit_size=max(int(image_size) // 2, 1),
+                                num_train=int(num_train), num_test=int(num_test), rotate=float(rotate),
+                                scale=(0.8, 1.1), translate=float(translate), clutter=int(clutter),
+                                clutter_size=max(min(5, int(image_size) // 2), 1), noise=0.0)
+    else:
+        raise ValueError(f"source must be one of: digits, distorted_digits (got {source!r})")
     s = int(image_size)
     perm = pixel_permutation(s * s, permutation_seed) if permute_pixels else torch.arange(s * s)
     if tokens:
