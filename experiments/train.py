@@ -284,6 +284,21 @@ def train_split_on_device(ds: ImageSet | SampleSet, device: torch.device, policy
     return SampleSet(inputs=_to(ds.inputs, device, torch.contiguous_format), targets=ds.targets.to(device))
 
 
+def fit_model(model: nn.Module, data: DatasetSplits) -> bool:
+    """Fit a model that learns without gradients, if ``model`` is one; returns whether it was.
+
+    Such a model (wrapped in :class:`~feedback.PlainNet`) has a method ``fit(inputs, targets)`` and no parameter
+    that requires a gradient; everything it learns lives in buffers, so checkpoints and ``weights_only`` loading
+    work as for any model. The runner calls ``fit`` on the whole training split, then evaluates it as usual.
+    """
+    inner = model.backbone if isinstance(model, PlainNet) else None
+    fit = getattr(inner, "fit", None)
+    if not callable(fit) or any(p.requires_grad for p in model.parameters()):
+        return False
+    fit(data.train.inputs, data.train.targets)
+    return True
+
+
 def make_task(cfg: ExperimentConfig, data: DatasetSplits) -> Any:
     """The dataset's task (``task: auto``), or the config's, which must then be the dataset's; and the checks that
     the config asks nothing of the data it cannot give (image augmentation and corruptions need images)."""
@@ -625,14 +640,17 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
         enable_grad_checkpointing(model)
     if t.sync_bn and env.world_size > 1 and device.type == "cpu":
         raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); set it to false")
-    fsdp = t.fsdp and env.world_size > 1
+    # models learnt without gradients (the Recursive Cortical Network): fit once on the training split, at every
+    # start (deterministic, so a resumed run's checkpoint fits the fitted shapes), and take no optimizer steps
+    fitted = fit_model(model, data)
+    fsdp = t.fsdp and env.world_size > 1 and not fitted
     if fsdp:
         if t.average != "none" or cfg.eval.attacks:
             raise ConfigError("train.fsdp does not combine with train.average or eval.attacks yet; turn them off "
                               "or use DDP (train.fsdp=false)")
         shard_model(model)
     train_model: nn.Module = torch.compile(model) if t.compile else model  # compile before DDP (as timm)
-    if env.world_size > 1 and not fsdp:
+    if env.world_size > 1 and not fsdp and not fitted:
         # find_unused_parameters: a feedback kind's parameters are unused at steps=1 (and may be at some steps)
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -642,7 +660,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
     if B % env.world_size:
         raise ConfigError(f"data.batch_size={B} must be divisible by the number of processes ({env.world_size})")
     n_train = len(data.train) + (-len(data.train)) % env.world_size
-    steps_per_epoch = math.ceil(n_train / B)
+    steps_per_epoch = 0 if fitted else math.ceil(n_train / B)
     total_steps = steps_per_epoch * t.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or t.amp_dtype == "bfloat16") else torch.float16

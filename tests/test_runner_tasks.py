@@ -279,3 +279,45 @@ def test_set_level_metrics_model_losses_and_lr_scales(tmp_path, monkeypatch):
     assert 0.9 < m["close"] <= 1.0 and m["mse"] < 0.003  # learnt from its own loss; the set metric counts it
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("train/aux/mse" in row for row in rows)
+
+
+class _Centroids(nn.Module):
+    """Learns without gradients: class centroids (a buffer) from ``fit``; logits = -squared distance."""
+
+    def __init__(self, num_classes, in_chans):
+        super().__init__()
+        self.register_buffer("centroids", torch.zeros(num_classes, in_chans))
+
+    def fit(self, inputs, targets):
+        for k in range(self.centroids.shape[0]):
+            self.centroids[k] = inputs[targets == k].mean(0)
+
+    def forward(self, x):
+        return -torch.cdist(x, self.centroids).pow(2)
+
+
+@baselines.register_model(family="toy", staged=False)
+def _toy_centroids(*, num_classes: int = 2, in_chans: int = 2) -> nn.Module:
+    return _Centroids(num_classes, in_chans)
+
+
+@register_dataset
+def _toy_blobs(*, seed: int = 0) -> DatasetSplits:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(200) % 2
+    x = torch.randn(200, 2, generator=g) * 0.5 + y[:, None] * 3.0
+    return DatasetSplits(train=SampleSet(inputs=x[:150], targets=y[:150]), test=SampleSet(inputs=x[150:],
+                         targets=y[150:]), num_classes=2, in_chans=2, image_size=0, multilabel=False)
+
+
+def test_a_model_fitted_without_gradients(tmp_path):
+    """fit() once, no optimizer steps, evaluated and checkpointed as usual; a resumed run refits then loads."""
+    from experiments.checkpoint import load_checkpoint
+
+    cfg = _cfg(tmp_path, **{"model.backbone": "_toy_centroids", "data.name": "_toy_blobs", "train.epochs": 1})
+    r = train_run(cfg, tmp_path / "run", cell="c", variant={})
+    assert r["metrics"]["acc"] > 0.95 and r["compute"]["train_step_ms"] is None and r["train_steps"] == 0
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["model"]["backbone.centroids"].abs().sum() > 0
+    again = train_run(cfg, tmp_path / "run", cell="c", variant={})  # resumes the finished run: same metrics
+    assert again["metrics"] == r["metrics"]
