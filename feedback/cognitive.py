@@ -125,12 +125,14 @@ class CognitiveFeedback(Feedback):
         self.maps = nn.ModuleList(maps)
 
     def class_hypothesis(self, logits: Tensor) -> Tensor:
-        """The bias ``p`` (B, K) from the logits."""
+        """The bias ``p`` (B, K) from the logits (at least float32: half-precision logits are upcast, float64 kept)."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         if self.hypothesis == "softmax":
-            return torch.softmax(logits.float(), dim=-1)
+            return torch.softmax(logits, dim=-1)
         if self.hypothesis == "sigmoid":
-            return torch.sigmoid(logits.float())
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+            return torch.sigmoid(logits)
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
 
     def combine(self, i: int, h: Tensor, topdown: Tensor | None) -> Tensor:
         if topdown is None:

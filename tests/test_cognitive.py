@@ -137,3 +137,14 @@ def test_cuda_float32_and_bf16(name):
 def test_docstring_examples_run():
     result = doctest.testmod(feedback.cognitive, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_float64_model_keeps_float64():
+    """SynFlow scores a model in float64: the class hypothesis must follow the logits' dtype (it upcasts half
+    precision only)."""
+    import baselines
+
+    net = FeedbackNet(baselines.create_model("lenet5_relu", num_classes=10, in_chans=1), "cognitive", steps=2,
+                      input_size=(1, 32, 32)).double().eval()
+    out = net(torch.ones(2, 1, 32, 32, dtype=torch.float64))
+    assert out.logits.dtype == torch.float64
