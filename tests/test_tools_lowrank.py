@@ -100,3 +100,19 @@ def test_compress_model_replaces_layers_and_keeps_skipped():
 def test_docstring_examples_run():
     result = doctest.testmod(lowrank, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_fwsvd_solution_is_the_projection_and_dead_rows_can_stay_silent():
+    """Given B, the weighted optimum is A = W B^T (rows decouple); zero_dead zeroes the rows with no importance."""
+    from experiments.tools.lowrank import low_rank_factors
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, dtype=torch.float64)
+    imp = torch.tensor([1.0, 2.0, 0.0, 3.0, 0.5, 0.0], dtype=torch.float64)
+    a, b = low_rank_factors(w, 2, row_weights=imp)
+    torch.testing.assert_close(a, w @ b.T)
+    d = imp.clamp_min(imp.max() * 1e-8).sqrt()
+    u, s, vh = torch.linalg.svd(d[:, None] * w, full_matrices=False)
+    torch.testing.assert_close(a[imp > 0], ((u[:, :2] * s[:2]) / d[:, None])[imp > 0])
+    a0, b0 = low_rank_factors(w, 2, row_weights=imp, zero_dead=True)
+    assert torch.equal(b0, b) and a0[imp == 0].abs().sum() == 0 and torch.equal(a0[imp > 0], a[imp > 0])

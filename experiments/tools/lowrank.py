@@ -66,7 +66,7 @@ def _matrix(weight: Tensor) -> Tensor:
 
 
 def low_rank_factors(w: Tensor, rank: int, *, row_weights: Tensor | None = None,
-                     eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+                     eps: float = 1e-8, zero_dead: bool = False) -> tuple[Tensor, Tensor]:
     """Rank-``rank`` factors ``(A, B)`` with ``A @ B ~ w``: truncated SVD, or Fisher-weighted when ``row_weights``.
 
     Args:
@@ -75,6 +75,13 @@ def low_rank_factors(w: Tensor, rank: int, *, row_weights: Tensor | None = None,
         row_weights: ``(m,)`` non-negative row importances ``I_i`` (FWSVD: summed Fisher information of row ``i``);
             the factorization minimises ``||diag(sqrt(I)) (w - A B)||_F``. Rows with ``I_i <= eps * max(I)`` are
             floored to that value.
+        zero_dead: with ``row_weights``, rows whose importance is at the floor (units that never mattered on the
+            data: dead ReLUs) get ``A_i = 0`` instead of their projection ``w_i B^T``, so they stay silent rather
+            than come back to life with a distorted filter.
+
+    Given ``B``, the best ``A`` is ``w B^T`` row by row whatever the weights (each row's error decouples); the
+    weights only choose ``B``. It is computed that way (not as ``D^{-1} U S``), which is exact and never divides
+    by a tiny weight.
     Returns:
         ``A`` ``(m, rank)`` and ``B`` ``(rank, n)`` (float64 internally, returned in ``w``'s dtype).
 
@@ -97,8 +104,10 @@ def low_rank_factors(w: Tensor, rank: int, *, row_weights: Tensor | None = None,
             raise ValueError(f"row_weights must be {m} non-negative numbers, got shape {tuple(row_weights.shape)}")
         floor = max(float(iw.max()) * eps, 1e-30)
         d = iw.clamp_min(floor).sqrt()
-        u, s, vh = torch.linalg.svd(d[:, None] * w64, full_matrices=False)
-        a = (u[:, :r] * s[:r]) / d[:, None]
+        _, _, vh = torch.linalg.svd(d[:, None] * w64, full_matrices=False)
+        a = w64 @ vh[:r].T
+        if zero_dead:
+            a[iw <= floor] = 0.0
     else:
         u, s, vh = torch.linalg.svd(w64, full_matrices=False)
         a = u[:, :r] * s[:r]
@@ -162,7 +171,7 @@ class LowRankConv2d(nn.Sequential):
 
 
 def factorize(layer: nn.Module, *, rank: int | None = None, ratio: float | None = None,
-              row_weights: Tensor | None = None) -> nn.Module:
+              row_weights: Tensor | None = None, zero_dead: bool = False) -> nn.Module:
     """Replace ``layer`` (``nn.Linear`` or an ungrouped ``nn.Conv2d``) by its rank-``r`` factorization.
 
     Exactly one of ``rank`` and ``ratio`` (target share of the weight's parameters, see :func:`rank_for_ratio`).
@@ -174,7 +183,7 @@ def factorize(layer: nn.Module, *, rank: int | None = None, ratio: float | None 
         raise ValueError("pass exactly one of rank= and ratio=")
     w = _matrix(layer.weight)
     r = rank if rank is not None else rank_for_ratio(tuple(layer.weight.shape), float(ratio))
-    a, b = low_rank_factors(w, r, row_weights=row_weights)
+    a, b = low_rank_factors(w, r, row_weights=row_weights, zero_dead=zero_dead)
     if isinstance(layer, nn.Linear):
         out: nn.Module = LowRankLinear(a, b, None if layer.bias is None else layer.bias.detach())
     else:
@@ -215,7 +224,7 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def compress_model(model: nn.Module, *, ratio: float, fisher: dict[str, Tensor] | None = None,
-                   skip: Iterable[str] = ()) -> tuple[nn.Module, dict[str, int]]:
+                   skip: Iterable[str] = (), zero_dead: bool = False) -> tuple[nn.Module, dict[str, int]]:
     """A copy of ``model`` with every factorizable layer (except ``skip``) replaced at the target ``ratio``.
 
     Each layer gets the rank of :func:`rank_for_ratio`; a layer whose factors would not be smaller than it stays
@@ -237,6 +246,6 @@ def compress_model(model: nn.Module, *, ratio: float, fisher: dict[str, Tensor] 
         if fisher is not None:
             f = fisher[f"{name}.weight"]
             rows = f.reshape(f.shape[0], -1).sum(dim=1)
-        _set_module(new, name, factorize(layer, rank=r, row_weights=rows))
+        _set_module(new, name, factorize(layer, rank=r, row_weights=rows, zero_dead=zero_dead))
         ranks[name] = r
     return new, ranks

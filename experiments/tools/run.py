@@ -201,9 +201,9 @@ def exp_lowrank(*, quick: bool, seed: int) -> tuple[dict, dict]:
     rows = [{"method": "dense", "ratio": 1.0, "params": base_params, "kept %": 100.0, "acc %": base_acc,
              "acc ft %": base_acc}]
     for ratio in ratios:
-        for method in ("svd", "fwsvd"):
-            small, ranks = compress_model(model, ratio=ratio, fisher=fisher if method == "fwsvd" else None,
-                                          skip=("backbone.head",))
+        for method in ("svd", "fwsvd", "fwsvd0"):  # fwsvd0: FWSVD with dead (zero-Fisher) units kept silent
+            small, ranks = compress_model(model, ratio=ratio, fisher=fisher if method != "svd" else None,
+                                          skip=("backbone.head",), zero_dead=method == "fwsvd0")
             acc0 = accuracy(small, data.test)
             fit(small, data, epochs=ft_epochs, lr=5e-4, seed=seed + 1)
             n = count_params(small)
@@ -214,22 +214,50 @@ def exp_lowrank(*, quick: bool, seed: int) -> tuple[dict, dict]:
             "finetune_epochs": ft_epochs, "finetune_lr": 5e-4, "train_seconds": round(t_train, 2),
             "fisher_seconds": round(t_fisher, 3),
             "notes": ["ratio: target share of each factorized layer's parameters; kept %: of the whole model "
-                      "(the head stays dense). acc ft: after the fine-tune. ranks: C1 C3 C5 F6."]}
+                      "(the head stays dense). acc ft: after the fine-tune. ranks: C1 C3 C5 F6. fwsvd0: "
+                      "FWSVD whose rows with zero Fisher information (dead units) are set to zero."]}
     cols = ["method", "ratio", "params", "kept %", "acc %", "acc ft %", "ranks"]
     return {"lowrank": (rows, cols)}, meta
 
 
 # --------------------------------------------------------------------------------------------------- proxies
 
-# (backbone, feedback, steps, backbone_args): backbone family x width x feedback kind x steps
+# (backbone, feedback, steps, backbone_args): backbone family x width x depth x feedback kind x steps; 22
+# architectures whose trained accuracies spread from poor (deep sigmoid MLPs) to good (LeNet, ResNet), so that a
+# rank correlation has something to rank. `--quick` takes the first QUICK_SPACE of them.
 SEARCH_SPACE: tuple[tuple[str, str, int, dict[str, Any]], ...] = (
     ("lenet5_relu", "none", 1, {}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 1, "width": 16}),
+    ("resnet18_small", "none", 1, {"channels": (4, 8, 16, 32)}),
     ("lenet5_relu", "deconv", 2, {}),
     ("lenet5_relu", "deconv", 3, {}),
-    ("resnet18_small", "none", 1, {"channels": (4, 8, 16, 32)}),
+    ("lenet5_relu", "cognitive", 2, {}),
+    ("lenet5_relu", "rectified", 2, {}),
     ("resnet18_small", "deconv", 2, {"channels": (4, 8, 16, 32)}),
     ("resnet18_small", "none", 1, {"channels": (8, 16, 32, 64)}),
+    ("resnet18_small", "deconv", 2, {"channels": (8, 16, 32, 64)}),
+    ("resnet18_small", "none", 1, {"channels": (2, 4, 8, 16)}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 1, "width": 64}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 2, "width": 16}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 2, "width": 64}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 4, "width": 64}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 2, "width": 64, "act": "sigmoid"}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 4, "width": 64, "act": "sigmoid"}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 6, "width": 32, "act": "sigmoid"}),
+    ("mlp", "none", 1, {"img_size": 32, "depth": 3, "width": 32, "act": "tanh"}),
+    ("mlp", "deconv", 2, {"img_size": 32, "depth": 2, "width": 64}),
+    ("mlp", "cognitive", 2, {"img_size": 32, "depth": 2, "width": 64}),
+    ("lenet5_relu", "tdm", 2, {}),
 )
+QUICK_SPACE = 3
+
+
+def _arch_width(args: dict[str, Any]) -> str:
+    if "channels" in args:
+        return "x".join(str(c) for c in args["channels"])
+    if "width" in args:
+        return f"{args.get('depth', 2)}x{args['width']} {args.get('act', 'relu')}"
+    return "-"
 
 
 def exp_proxies(*, quick: bool, seed: int) -> tuple[dict, dict]:
@@ -239,8 +267,8 @@ def exp_proxies(*, quick: bool, seed: int) -> tuple[dict, dict]:
     from experiments.tools.proxies import PROXIES, flops, timed_proxies
 
     data = make_data(32)
-    space = SEARCH_SPACE[:3] if quick else SEARCH_SPACE
-    epochs = 1 if quick else 2
+    space = SEARCH_SPACE[:QUICK_SPACE] if quick else SEARCH_SPACE
+    epochs = 1 if quick else 5  # ResNets at 32 px are still at chance after 2 epochs on the digits
     x, y = train_batches(data, 1, batch_size=32, seed=seed)[0]
     names = tuple(PROXIES)
     flops(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (4,))  # warm-up: the first FLOP count pays a one-off import
@@ -250,7 +278,7 @@ def exp_proxies(*, quick: bool, seed: int) -> tuple[dict, dict]:
         model = make_model(cfg, data)
         scores = timed_proxies(model, x, y, names=names, seed=seed)
         t_train = fit(model, data, epochs=epochs, seed=seed)
-        width = "x".join(str(c) for c in args["channels"]) if "channels" in args else "-"
+        width = _arch_width(args)
         row = {"backbone": bb, "width": width, "feedback": fb, "steps": steps, "acc %": accuracy(model, data.test),
                "train s": t_train, "proxies s": sum(t for _, t in scores.values())}
         row.update({n: int(s) if n in ("params", "flops") else s for n, (s, _) in scores.items()})
