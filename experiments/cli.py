@@ -4,6 +4,7 @@
     feedback sweep <experiment> [key=value ...] --backend local|processes|submitit [--workers N] [--retry-failed]
     feedback results <runs-dir>                 the comparison table of finished runs (mean ± std over seeds)
     feedback list models|feedback|datasets|experiments
+    feedback paper [--runs DIR] [--scale cpu|gpu] [--only NAME] [--no-run]   run missing experiments, redraw the paper
 
 Bad input (an unknown experiment, key, model, feedback kind or dataset, malformed YAML, a wrong type) is one line
 on stderr naming the problem and the valid choices, exit code 2, and nothing is written: everything is validated
@@ -207,6 +208,16 @@ def cmd_tool(args: argparse.Namespace) -> int:
     return tool_main([args.tool] + (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else []))
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    """Runs ``python -m paper.make`` in a subprocess: nothing imports ``paper`` (DESIGN.md), not even the CLI."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "paper.make", "--runs", args.runs, "--scale", args.scale]
+    argv += (["--only", args.only] if args.only else []) + (["--no-run"] if args.no_run else [])
+    argv += (["--dry-run"] if args.dry_run else []) + (["--out", args.out] if args.out else [])
+    return subprocess.call(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="feedback", description="Top-down feedback experiments: run, sweep, compare, list.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -254,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--quick", action="store_true", help="the small, minutes-long version")
     tl.add_argument("--out", default=None, help="output folder (default: runs/tools/<tool>/...)")
     tl.set_defaults(fn=cmd_tool)
+    pp = sub.add_parser("paper", help="run the experiments the paper misses, then regenerate every figure and paper.md")
+    pp.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
+    pp.add_argument("--scale", choices=["cpu", "gpu"], default="cpu", help="cpu (2 cores, ~90 min) or gpu (full configs)")
+    pp.add_argument("--only", default=None, help="comma-separated figures (fig_steps, tab_pointing, ...)")
+    pp.add_argument("--no-run", action="store_true", help="only redraw from the existing runs")
+    pp.add_argument("--dry-run", action="store_true", help="print the feedback run commands and the time estimate")
+    pp.add_argument("--out", default=None, help="where paper.md and figures/ go (default: the paper/ folder)")
+    pp.set_defaults(fn=cmd_paper)
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "feedback", "datasets", "experiments"])
     ls.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern for `list models` (e.g. 'resnet*')")
