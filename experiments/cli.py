@@ -159,6 +159,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 def _list_models(pattern: str) -> int:
     """name, family, parameters (default configuration), default input, input size range and source of each model."""
     import baselines
+    from experiments import routing_models  # noqa: F401  (registers rims, brims, meta_rims)
 
     rows = [("name", "family", "params", "input", "sizes", "source")]
     for name in baselines.list_models(pattern):
