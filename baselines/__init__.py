@@ -36,6 +36,7 @@ from . import nerf as nerf
 from . import perceiver as perceiver
 from . import perceptron as perceptron
 from . import pixelnet as pixelnet
+from . import rcn as rcn
 from . import rcnn as rcnn
 from . import recurrent as recurrent
 from . import resnet_cifar as resnet_cifar

@@ -76,20 +76,37 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
 
 
+def _per_class_subset(idx: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """The sorted first ``per_class`` indices of every class in a random order of ``idx`` (all of a smaller class)."""
+    keep = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        keep.append(members[rng.permutation(len(members))[:per_class]])
+    return np.sort(np.concatenate(keep))
+
+
 @register_dataset
-def digits(*, seed: int = 0, image_size: int = 32, test_fraction: float = 0.25) -> DatasetSplits:
+def digits(
+    *, seed: int = 0, image_size: int = 32, test_fraction: float = 0.25, per_class: int = 0
+) -> DatasetSplits:
     """scikit-learn's 1,797 8x8 handwritten digits, resized to ``image_size``; single-label, 10 classes.
 
     Args:
         seed: seed of the stratified train/test split.
         image_size: side of the returned images (bilinear, antialiased resize from 8x8).
         test_fraction: fraction of every class that goes to the test split.
+        per_class: keep only this many training examples of every class (drawn with ``seed`` from the training
+            split; the test split is unchanged); ``0`` keeps them all (data-efficiency experiments).
     """
     if int(image_size) < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size}")
     _check_fraction("test_fraction", test_fraction)
     images, labels = load_sklearn_digits()
+    if int(per_class) < 0:
+        raise ValueError(f"per_class must be 0 (all) or a positive integer, got {per_class}")
     train_idx, test_idx = stratified_split(labels, test_fraction, np.random.default_rng(seed))
+    if int(per_class) > 0:
+        train_idx = _per_class_subset(train_idx, labels, int(per_class), np.random.default_rng([seed, 1]))
     x = resize_images(torch.from_numpy(images.copy()).unsqueeze(1), int(image_size))
 
     def subset(idx: np.ndarray) -> ImageSet:
@@ -111,5 +128,6 @@ def digits(*, seed: int = 0, image_size: int = 32, test_fraction: float = 0.25) 
         description=(
             f"sklearn digits (1797 8x8 handwritten digits) resized to {int(image_size)}px, "
             f"stratified split test_fraction={test_fraction}, seed={seed}"
+            + (f", {int(per_class)} training examples per class" if int(per_class) > 0 else "")
         ),
     )
