@@ -58,14 +58,19 @@ __all__ = [
     "difficult_pairs",
     "evaluate_pointing",
     "find_runs",
+    "format_accuracy_table",
     "format_pointing_table",
     "ground_truth",
+    "group_key",
     "is_hit",
     "load_run",
     "main",
     "method_spec",
     "point_of",
+    "reuse_report",
+    "run_meta",
     "run_pointing_game",
+    "summarize_accuracy",
     "summarize_pointing",
     "tolerance_px",
 ]
@@ -309,8 +314,9 @@ def run_pointing_game(
 ) -> dict[str, Any]:
     """The pointing game on the test split of a trained run; writes ``pointing.json`` to ``out_dir`` (the run dir).
 
-    Returns ``{"run_dir", "backbone", "seed", "tolerance_px", "gt", "small_fraction", "images", "results"}`` with
-    ``results`` as in :func:`evaluate_pointing`.
+    Returns ``{"run_dir", "dataset", "backbone", "seed", "tolerance_px", "gt", "small_fraction", "images",
+    "results"}`` with ``results`` as in :func:`evaluate_pointing`, plus ``"accuracy"`` (the run's test metrics,
+    :func:`run_meta`) when the run has a ``result.json``.
     """
     model, data, cfg = load_run(run_dir, device=device)
     if data.test.masks is None and data.test.boxes is None:
@@ -325,6 +331,7 @@ def run_pointing_game(
     side = int(min(data.test.images.shape[-2:]))
     report = {
         "run_dir": str(run_dir),
+        "dataset": cfg.data.name,
         "backbone": cfg.model.backbone,
         "feedback": cfg.model.feedback,
         "steps": cfg.model.steps,
@@ -335,53 +342,146 @@ def run_pointing_game(
         "images": len(data.test) if max_images is None else min(len(data.test), int(max_images)),
         "results": results,
     }
+    report.update({k: v for k, v in run_meta(run_dir).items() if k == "accuracy"})
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pointing.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def summarize_pointing(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and sample std over runs (seeds) per backbone and method: ``{backbone: {method: {...}}}``."""
-    by: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for r in reports:
-        for m, v in r["results"].items():
-            by.setdefault(r["backbone"], {}).setdefault(m, []).append((v["all"], v["difficult"]))
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for bb, methods in by.items():
-        out[bb] = {}
-        for m, vals in methods.items():
-            cols = {}
-            for j, key in enumerate(("all", "difficult")):
-                xs = [v[j] for v in vals]
-                mean = sum(xs) / len(xs)
-                std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-                cols[key], cols[f"{key}_std"] = mean, std
-            cols["n"] = len(vals)
-            out[bb][m] = cols
+def run_meta(run_dir: str | Path) -> dict[str, Any]:
+    """What a run directory says about itself: ``{"dataset", "backbone", "seed"}`` from its ``config.yaml`` and
+    ``{"accuracy": {"acc", "hit", ...}}`` (its final test metrics, no pointing game) from ``result.json``, each only
+    when the file is there."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        out.update({"dataset": OmegaConf.select(cfg, "data.name"), "backbone": OmegaConf.select(cfg, "model.backbone"),
+                    "seed": OmegaConf.select(cfg, "train.seed")})
+    if (run_dir / "result.json").is_file():
+        metrics = json.loads((run_dir / "result.json").read_text()).get("metrics", {})
+        acc = {k: float(v) for k, v in metrics.items() if "/" not in k and isinstance(v, (int, float))}
+        if acc:
+            out["accuracy"] = acc
     return out
 
 
-def format_pointing_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A Markdown table: one row per method, ``All`` and ``Difficult`` per backbone (mean ± std %, n seeds)."""
-    backbones = sorted(summary)
+def group_key(report: dict[str, Any], *, by_dataset: bool) -> str:
+    """``"backbone"``, or ``"dataset/backbone"`` when grouping by dataset too (reports without one: ``"?"``)."""
+    return f"{report.get('dataset') or '?'}/{report['backbone']}" if by_dataset else str(report["backbone"])
+
+
+def _by_dataset(reports: Sequence[dict[str, Any]], by: str) -> bool:
+    if by not in ("auto", "backbone", "dataset"):
+        raise ValueError(f"unknown grouping '{by}'; choose from: auto, backbone, dataset")
+    if by == "auto":
+        return len({r.get("dataset") for r in reports if r.get("dataset")}) > 1
+    return by == "dataset"
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, std
+
+
+def summarize_pointing(reports: Sequence[dict[str, Any]], *, by: str = "auto") -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and sample std over runs (seeds) per group and method: ``{group: {method: {...}}}``.
+
+    ``by="backbone"``: a group per backbone; ``by="dataset"``: per (dataset, backbone), keys ``"dataset/backbone"``;
+    ``by="auto"`` (default): per (dataset, backbone) when the reports (their ``"dataset"`` field) span more than one
+    dataset, else per backbone.
+
+    Example:
+        >>> reps = [{"dataset": d, "backbone": "net", "results": {"eb": {"all": a, "difficult": a}}}
+        ...         for d, a in (("digits", 0.5), ("shapes", 0.7))]
+        >>> sorted(summarize_pointing(reps)), sorted(summarize_pointing(reps, by="backbone"))
+        (['digits/net', 'shapes/net'], ['net'])
+    """
+    by_dataset = _by_dataset(reports, by)
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in reports:
+        for m, v in r["results"].items():
+            groups.setdefault(group_key(r, by_dataset=by_dataset), {}).setdefault(m, []).append(
+                (v["all"], v["difficult"]))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for g, methods in groups.items():
+        out[g] = {}
+        for m, vals in methods.items():
+            cols: dict[str, float] = {}
+            for j, key in enumerate(("all", "difficult")):
+                cols[key], cols[f"{key}_std"] = _mean_std([v[j] for v in vals])
+            cols["n"] = len(vals)
+            out[g][m] = cols
+    return out
+
+
+def summarize_accuracy(reports: Sequence[dict[str, Any]], *, by: str = "auto",
+                       metrics: Sequence[str] = ("acc", "hit")) -> dict[str, dict[str, float]]:
+    """The trained models' test metrics (each report's ``"accuracy"``), mean and std over seeds per group (as
+    :func:`summarize_pointing`): ``{group: {"acc", "acc_std", "hit", "hit_std", "n"}}``; reports without one skip."""
+    by_dataset = _by_dataset(reports, by)
+    vals: dict[str, list[dict[str, float]]] = {}
+    for r in reports:
+        if r.get("accuracy"):
+            vals.setdefault(group_key(r, by_dataset=by_dataset), []).append(r["accuracy"])
+    out: dict[str, dict[str, float]] = {}
+    for g, accs in vals.items():
+        out[g] = {"n": len(accs)}
+        for k in metrics:
+            xs = [a[k] for a in accs if k in a]
+            if xs:
+                out[g][k], out[g][f"{k}_std"] = _mean_std(xs)
+    return out
+
+
+def _pct(v: dict[str, float], key: str) -> str:
+    return f"{100 * v[key]:.1f} ± {100 * v[key + '_std']:.1f}" if v["n"] > 1 else f"{100 * v[key]:.1f}"
+
+
+def _one_table(summary: dict[str, dict[str, dict[str, float]]], groups: list[str], names: list[str]) -> str:
     methods: list[str] = []
-    for bb in backbones:
-        methods += [m for m in summary[bb] if m not in methods]
-    head = "| method | " + " | ".join(f"{bb} All | {bb} Difficult" for bb in backbones) + " |"
-    sep = "|---|" + "---|---|" * len(backbones)
+    for g in groups:
+        methods += [m for m in summary[g] if m not in methods]
+    head = "| method | " + " | ".join(f"{n} All | {n} Difficult" for n in names) + " |"
+    sep = "|---|" + "---|---|" * len(groups)
     lines = [head, sep]
     for m in methods:
         cells = []
-        for bb in backbones:
-            v = summary[bb].get(m)
-            if v is None:
-                cells += ["", ""]
-                continue
-            for key in ("all", "difficult"):
-                cells.append(f"{100 * v[key]:.1f} ± {100 * v[key + '_std']:.1f}" if v["n"] > 1
-                             else f"{100 * v[key]:.1f}")
+        for g in groups:
+            v = summary[g].get(m)
+            cells += ["", ""] if v is None else [_pct(v, "all"), _pct(v, "difficult")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_pointing_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown: one row per method, ``All`` and ``Difficult`` per group (mean ± std %, over the seeds).
+
+    Groups ``"dataset/backbone"`` (:func:`summarize_pointing` by dataset) give one table per dataset under a
+    ``#### dataset`` heading, with a column pair per backbone; plain backbone groups give a single table.
+    """
+    groups = sorted(summary)
+    if not any("/" in g for g in groups):
+        return _one_table(summary, groups, groups)
+    datasets = sorted({g.split("/", 1)[0] for g in groups})
+    parts = []
+    for d in datasets:
+        gs = [g for g in groups if g.split("/", 1)[0] == d]
+        parts.append(f"#### {d}\n\n" + _one_table(summary, gs, [g.split("/", 1)[1] for g in gs]))
+    return "\n\n".join(parts)
+
+
+def format_accuracy_table(acc: dict[str, dict[str, float]]) -> str:
+    """Markdown: the trained models' test ``acc`` (top-n set exact) and ``hit`` (top-1 present) %, per group."""
+    lines = ["| model | test acc % | test hit % | seeds |", "|---|---|---|---|"]
+    for g in sorted(acc):
+        v = acc[g]
+        cells = [_pct(v, k) if k in v else "" for k in ("acc", "hit")]
+        lines.append(f"| {g} | {cells[0]} | {cells[1]} | {int(v['n'])} |")
     return "\n".join(lines)
 
 
@@ -393,11 +493,38 @@ def find_runs(root: str | Path) -> list[Path]:
     return found
 
 
+def reuse_report(run_dir: str | Path, methods: Sequence[str], *, gt: str = "mask",
+                 small_fraction: float = 0.25, max_images: int | None = None) -> dict[str, Any] | None:
+    """The run's existing ``pointing.json`` (written at the end of training by ``eval.pointing``, or by an earlier
+    :func:`run_pointing_game`), its ``results`` cut to those of ``methods`` it scored, if it used the same protocol
+    (ground truth, small fraction, number of images) and scored at least one of them; completed with
+    :func:`run_meta` (dataset, test accuracy). Else ``None``."""
+    path = Path(run_dir) / "pointing.json"
+    if not path.is_file():
+        return None
+    rep = json.loads(path.read_text())
+    meta = run_meta(run_dir)
+    if max_images is not None and rep.get("images") != max_images:
+        return None
+    if rep.get("gt", "mask") != gt and not (gt == "mask" and rep.get("gt") == "box"):  # box: the data has no masks
+        return None
+    if float(rep.get("small_fraction", 0.25)) != float(small_fraction) or not set(methods) & set(rep["results"]):
+        return None
+    rep = {**rep, "run_dir": str(run_dir), "results": {m: rep["results"][m] for m in methods if m in rep["results"]}}
+    for k in ("dataset", "accuracy"):
+        if k in meta and k not in rep:
+            rep[k] = meta[k]
+    return rep
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m experiments.pointing <run-or-runs-dir> [--methods m1,m2] [--max-images N] [--gt mask|box]``.
+    """``python -m experiments.pointing <run-or-runs-dir> [--methods m1,m2] [--max-images N] [--gt mask|box]
+    [--reuse] [--by auto|backbone|dataset]``.
 
     Plays the pointing game on every trained run under the folder, writes ``pointing.json`` into each run and
-    ``pointing.md`` (mean ± std over seeds per backbone) into the folder, and prints the table.
+    ``pointing.md`` (mean ± std over seeds per dataset and backbone, and the models' test accuracy) into the folder,
+    and prints the tables. ``--reuse`` takes a run's existing ``pointing.json`` (e.g. from ``eval.pointing`` at the
+    end of training) for the methods it holds under the same protocol, and plays only the others (adding them to it).
     """
     import argparse
 
@@ -408,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gt", choices=GT_KINDS, default="mask", help="ground truth: masks or the union of boxes")
     p.add_argument("--small-fraction", type=float, default=0.25, help="area fraction below which an object is small")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--reuse", action="store_true", help="use each run's pointing.json when it has every method")
+    p.add_argument("--by", choices=("auto", "backbone", "dataset"), default="auto",
+                   help="group seeds per backbone, or per dataset and backbone (auto: by dataset when several)")
     args = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     runs = find_runs(args.runs)
@@ -417,17 +547,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     reports = []
     for r in runs:
-        rep = run_pointing_game(r, methods=methods, gt=args.gt, small_fraction=args.small_fraction,
-                                max_images=args.max_images, device=device)
+        old = reuse_report(r, methods, gt=args.gt, small_fraction=args.small_fraction,
+                           max_images=args.max_images) if args.reuse else None
+        missing = [m for m in methods if old is None or m not in old["results"]]
+        rep = old
+        if missing:
+            kept = json.loads((r / "pointing.json").read_text())["results"] if old is not None else {}
+            rep = run_pointing_game(r, methods=missing, gt=args.gt, small_fraction=args.small_fraction,
+                                    max_images=args.max_images, device=device)
+            if old is not None:  # keep every method already scored in the run's pointing.json
+                (r / "pointing.json").write_text(json.dumps({**rep, "results": {**kept, **rep["results"]}}, indent=2))
+                rep = {**rep, "results": {m: (rep["results"] | old["results"])[m] for m in methods}}
         reports.append(rep)
         print(f"{r}: " + ", ".join(f"{m} {100 * v['all']:.1f}/{100 * v['difficult']:.1f}"
                                    for m, v in rep["results"].items()))
-    table = format_pointing_table(summarize_pointing(reports))
+    table = format_pointing_table(summarize_pointing(reports, by=args.by))
+    acc = summarize_accuracy(reports, by=args.by)
+    acc_table = format_accuracy_table(acc) if acc else ""
     print(table)
+    if acc_table:
+        print("\n" + acc_table)
     root = Path(args.runs)
+    pairs = sorted({(r.get("dataset") or "?", r["results"][methods[0]]["pairs"],
+                     r["results"][methods[0]]["difficult_pairs"]) for r in reports if methods})
+    counts = "; ".join(f"{d}: {n} (image, class) pairs, {h} difficult" for d, n, h in pairs)
     (root / "pointing.md").write_text(
         f"Pointing game, per-class mean accuracy % (All | Difficult), mean ± std over seeds; tolerance "
-        f"{reports[0]['tolerance_px']:.2f} px, ground truth {reports[0]['gt']}\n\n{table}\n")
+        f"{reports[0]['tolerance_px']:.2f} px, ground truth {reports[0]['gt']}; {counts}\n\n{table}\n"
+        + (f"\nTest accuracy of the trained models (acc: the top-n classes are exactly the n present; hit: the "
+           f"top class is present), mean ± std over seeds:\n\n{acc_table}\n" if acc_table else ""))
     return 0
 
 
