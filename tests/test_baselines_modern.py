@@ -442,6 +442,8 @@ def test_model_info():
     assert baselines.model_info("resnet50")["source"] == "timm resnet50"
     for name in baselines.list_models():  # every registered model, including those registered without metadata
         info = baselines.model_info(name)
+        if info["family"] == "toy":  # fixtures other test files register (one learns without parameters)
+            continue
         assert info["num_params"] > 0 and info["family"]
     with pytest.raises(ValueError, match="unknown model"):
         baselines.model_info("resnet-50")
