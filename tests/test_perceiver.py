@@ -175,6 +175,24 @@ def test_permuted_digits_tokens_carry_their_positions():
     assert torch.equal(permuted.train.inputs, ordered.train.inputs[:, perm])
 
 
+def test_permuted_digits_standardized_tokens():
+    """standardize=true: the pixel channel standardised with the training split's statistics (unchanged by the
+    permutation), the position features untouched; the permuted byte array is still the ordered one reordered."""
+    raw = create_dataset("permuted_digits", image_size=8, tokens=True, permute_pixels=False, num_bands=3)
+    std = create_dataset("permuted_digits", image_size=8, tokens=True, permute_pixels=False, num_bands=3,
+                         standardize=True)
+    perm_std = create_dataset("permuted_digits", image_size=8, tokens=True, num_bands=3, standardize=True)
+    px = std.train.inputs[..., 0]
+    assert abs(px.mean().item()) < 1e-4 and abs(px.std().item() - 1) < 1e-3
+    assert torch.equal(std.train.inputs[..., 1:], raw.train.inputs[..., 1:])
+    r = raw.test.inputs[..., 0]
+    torch.testing.assert_close(std.test.inputs[..., 0], (r - raw.train.inputs[..., 0].mean())
+                               / raw.train.inputs[..., 0].std())
+    assert torch.equal(perm_std.test.inputs, std.test.inputs[:, token_tasks.pixel_permutation(64, 0)])
+    with pytest.raises(ValueError, match="standardize must be true or false"):
+        create_dataset("permuted_digits", tokens=True, standardize="yes")
+
+
 def test_doctests():
     result = doctest.testmod(P, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
