@@ -32,8 +32,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"feedback: error: {message} (see `feedback --help`)\n")
 
 
-def _validate(cells: list[Any]) -> None:
-    """Build every distinct dataset and model of the sweep once, so config errors surface before any write."""
+def _validate(cells: list[Any], file_cells: list[Any] | None = None, cli_keys: tuple[str, ...] = ()) -> None:
+    """Build every distinct dataset and model of the sweep once, so config errors surface before any write.
+
+    ``file_cells``: the experiment file's own grid (without the command line's overrides). A key of the free-form
+    argument dicts is valid if a builder of the sweep or of the file's grid takes it, so restricting a grid from
+    the command line (``model.backbone=lenet5_relu``) keeps the file's keys for the other backbones; keys the
+    command line sets (``cli_keys``, dotted) must fit the sweep itself.
+    """
     import json
 
     from experiments.config import check_kwargs_used
@@ -51,13 +57,30 @@ def _validate(cells: list[Any]) -> None:
     # every key of the free-form argument dicts must be taken by some builder of the experiment
     first = cells[0].runs[0].cfg
     cfgs = [c.runs[0].cfg for c in cells]
-    check_kwargs_used(first.data.options, {c.data.name: data_builder(c) for c in cfgs}, "data.options", ("seed",))
+    file_cfgs = [c.runs[0].cfg for c in (file_cells or [])]
     import baselines
 
-    check_kwargs_used(first.model.backbone_args, {c.model.backbone: backbone_builder(c) for c in cfgs},
-                      "model.backbone_args", ("num_classes", "in_chans"), tuple(baselines.GENERIC_OPTIONS))
-    check_kwargs_used(first.model.feedback_args, {c.model.feedback: feedback_builder(c) for c in cfgs},
-                      "model.feedback_args", ("shapes",))
+    def check(get: Any, name_of: Any, builder_of: Any, where: str, reserved: tuple, generic: tuple = ()) -> None:
+        mine = {name_of(c): builder_of(c) for c in cfgs}
+        theirs = dict(mine)
+        for c in file_cfgs:
+            try:
+                theirs.setdefault(name_of(c), builder_of(c))
+            except Exception:  # a file cell whose model or data the command line replaced
+                continue
+        in_file = set(get(file_cfgs[0])) if file_cfgs else set()
+        in_file -= {k for k in in_file if any(c == f"{where}.{k}" or c.startswith(f"{where}.{k}.")
+                                              or c == where for c in cli_keys)}
+        args = get(first)
+        # keys the command line adds must fit this sweep; keys the file sets may be for the file's other cells
+        check_kwargs_used({k: v for k, v in args.items() if k not in in_file}, mine, where, reserved, generic)
+        check_kwargs_used({k: v for k, v in args.items() if k in in_file}, theirs, where, reserved, generic)
+
+    check(lambda c: c.data.options, lambda c: c.data.name, data_builder, "data.options", ("seed",))
+    check(lambda c: c.model.backbone_args, lambda c: c.model.backbone, backbone_builder, "model.backbone_args",
+          ("num_classes", "in_chans"), tuple(baselines.GENERIC_OPTIONS))
+    check(lambda c: c.model.feedback_args, lambda c: c.model.feedback, feedback_builder, "model.feedback_args",
+          ("shapes",))
     from experiments.config import ConfigError
     from experiments.evaluate import attacks_module
     from experiments.tracking import tensorboard_available
@@ -109,7 +132,11 @@ def _sweep_command(args: argparse.Namespace, backend: str) -> int:
     overrides = list(args.overrides) + (["train.resume=force"] if args.force else [])
     cfg, grid = load_experiment(args.experiment, overrides)
     cells = expand_grid(cfg, grid)
-    _validate(cells)
+    try:  # the file's own grid: keys it sets for cells the command line left out stay valid
+        file_cells = expand_grid(*load_experiment(args.experiment, []))
+    except Exception:
+        file_cells = []
+    _validate(cells, file_cells, tuple(o.split("=", 1)[0].strip() for o in overrides if "=" in o))
     n_runs = sum(len(c.runs) for c in cells)
     root = Path(cfg.runs_dir) / cfg.name
     print(f"feedback: {cfg.name}: {len(cells)} cell(s) x {len(cells[0].runs)} seed(s) = {n_runs} run(s) in {root}"

@@ -176,3 +176,25 @@ def test_console_script_malformed_yaml(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("feedback: error: malformed YAML") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_restricting_a_grid_on_the_command_line_keeps_the_files_keys(tmp_path, capsys):
+    """The file sets backbone_args for one backbone of its grid; running only the other backbone from the command
+    line is not an error, while a key the command line itself adds must still fit the sweep."""
+    exp = tmp_path / "two.yaml"
+    exp.write_text("""
+model: {backbone: lenet5_relu, backbone_args: {channels: [4, 4, 8, 8]}, feedback: none, steps: 1}
+data: {name: digits, options: {image_size: 32}, batch_size: 256}
+train: {epochs: 1, threads: 1}
+log: {wandb: disabled, progress: false}
+eval: {samples: 0}
+grid:
+  model.backbone: [lenet5_relu, resnet18_small]
+""")
+    runs = tmp_path / "runs"
+    assert main(["run", str(exp), f"runs_dir={runs}", "model.backbone=lenet5_relu"]) == 0
+    assert len(list(runs.glob("two/*/seed0/DONE"))) == 1
+    capsys.readouterr()
+    assert main(["run", str(exp), f"runs_dir={runs}", "model.backbone=lenet5_relu",
+                 "model.backbone_args.drop_rate=0.1"]) == 2
+    assert "unknown key 'model.backbone_args.drop_rate'" in capsys.readouterr().err
