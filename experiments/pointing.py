@@ -57,6 +57,7 @@ __all__ = [
     "box_mask",
     "difficult_pairs",
     "evaluate_pointing",
+    "pointing_report",
     "find_runs",
     "format_accuracy_table",
     "format_pointing_table",
@@ -301,6 +302,50 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[nn.Module, An
     return model.to(device).eval(), data, cfg
 
 
+def pointing_report(
+    model: nn.Module,
+    data: Any,
+    cfg: Any,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    gt: str = "mask",
+    small_fraction: float = 0.25,
+    max_images: int | None = None,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The pointing game of ``model`` on ``data.test`` as the report ``pointing.json`` holds (shared by
+    :func:`run_pointing_game` and the runner's ``eval.pointing``): ``{"dataset", "backbone", "feedback", "steps",
+    "seed", "tolerance_px", "gt", "small_fraction", "images", "results"}``. Box ground truth is used when the data
+    have no masks. The model is evaluated in eval mode and given back in its mode."""
+    if data.test.masks is None and data.test.boxes is None:
+        from experiments.config import ConfigError
+
+        raise ConfigError(f"dataset '{cfg.data.name}' has neither masks nor boxes: the pointing game needs one "
+                          "(use cluttered_digits or shapes)")
+    if data.test.masks is None and gt == "mask":
+        gt = "box"
+    was_training = model.training
+    model.eval()
+    try:
+        results = evaluate_pointing(model, data.test, methods=methods, gt=gt, small_fraction=small_fraction,
+                                    num_classes=data.num_classes, max_images=max_images,
+                                    method_kwargs=method_kwargs)
+    finally:
+        model.train(was_training)
+    return {
+        "dataset": cfg.data.name,
+        "backbone": cfg.model.backbone,
+        "feedback": cfg.model.feedback,
+        "steps": cfg.model.steps,
+        "seed": cfg.train.seed,
+        "tolerance_px": tolerance_px(int(min(data.test.images.shape[-2:]))),
+        "gt": gt,
+        "small_fraction": small_fraction,
+        "images": len(data.test) if max_images is None else min(len(data.test), int(max_images)),
+        "results": results,
+    }
+
+
 def run_pointing_game(
     run_dir: str | Path,
     *,
@@ -319,29 +364,9 @@ def run_pointing_game(
     :func:`run_meta`) when the run has a ``result.json``.
     """
     model, data, cfg = load_run(run_dir, device=device)
-    if data.test.masks is None and data.test.boxes is None:
-        from experiments.config import ConfigError
-
-        raise ConfigError(f"dataset '{cfg.data.name}' has neither masks nor boxes: the pointing game needs one "
-                          "(use cluttered_digits)")
-    if data.test.masks is None and gt == "mask":
-        gt = "box"
-    results = evaluate_pointing(model, data.test, methods=methods, gt=gt, small_fraction=small_fraction,
-                                num_classes=data.num_classes, max_images=max_images, method_kwargs=method_kwargs)
-    side = int(min(data.test.images.shape[-2:]))
-    report = {
-        "run_dir": str(run_dir),
-        "dataset": cfg.data.name,
-        "backbone": cfg.model.backbone,
-        "feedback": cfg.model.feedback,
-        "steps": cfg.model.steps,
-        "seed": cfg.train.seed,
-        "tolerance_px": tolerance_px(side),
-        "gt": gt,
-        "small_fraction": small_fraction,
-        "images": len(data.test) if max_images is None else min(len(data.test), int(max_images)),
-        "results": results,
-    }
+    report = {"run_dir": str(run_dir)} | pointing_report(
+        model, data, cfg, methods=methods, gt=gt, small_fraction=small_fraction, max_images=max_images,
+        method_kwargs=method_kwargs)
     report.update({k: v for k, v in run_meta(run_dir).items() if k == "accuracy"})
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)

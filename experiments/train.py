@@ -872,24 +872,14 @@ def _final_evaluation(cfg: ExperimentConfig, model: nn.Module, task: Any, data: 
 
 
 def _pointing(cfg: ExperimentConfig, model: nn.Module, data: DatasetSplits, run_dir: Path | None) -> dict[str, float]:
-    from experiments.pointing import evaluate_pointing, tolerance_px
+    from experiments.pointing import pointing_report
 
     e = cfg.eval
-    gt = e.pointing_gt if getattr(data.test, "masks", None) is not None or e.pointing_gt == "box" else "box"
-    was_training = model.training
-    model.eval()
-    try:
-        results = evaluate_pointing(model, data.test, methods=list(e.pointing), gt=gt, num_classes=data.num_classes,
-                                    max_images=e.pointing_images or None)
-    finally:
-        model.train(was_training)
+    report = pointing_report(model, data, cfg, methods=list(e.pointing), gt=e.pointing_gt,
+                             max_images=e.pointing_images or None)
     if run_dir is not None:
-        side = int(min(data.test.images.shape[-2:]))
-        report = {"backbone": cfg.model.backbone, "feedback": cfg.model.feedback, "steps": cfg.model.steps,
-                  "seed": cfg.train.seed, "tolerance_px": tolerance_px(side), "gt": gt,
-                  "images": e.pointing_images or len(data.test), "results": results}
         (Path(run_dir) / "pointing.json").write_text(json.dumps(report, indent=2))
-    return {f"pointing/{m}/{k}": float(r[k]) for m, r in results.items() for k in ("all", "difficult")
+    return {f"pointing/{m}/{k}": float(r[k]) for m, r in report["results"].items() for k in ("all", "difficult")
             if r[k] == r[k]}
 
 
