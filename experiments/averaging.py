@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from experiments.data import index_inputs
+from experiments.data import index_inputs, num_samples
 from experiments.data import to_device as _to
 
 __all__ = ["WeightAverage"]
@@ -75,7 +75,7 @@ class WeightAverage(nn.Module):
         self.module.train()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                n = next(iter(images.values())).shape[0] if isinstance(images, dict) else images.shape[0]
+                n = num_samples(images)
                 for i in range(0, n, batch_size):
                     x = _to(index_inputs(images, torch.arange(i, min(i + batch_size, n))), device, memory_format)
                     with amp():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments.config import ConfigError, apply_overrides
-from experiments.sweep import Cell, RunSpec, _lock_path, run_one, run_sweep, summarize_outcomes
+from experiments.sweep import Cell, RunSpec, lock_path, run_one, run_sweep, summarize_outcomes
 
 __all__ = ["BACKENDS", "CellJob", "run_processes", "run_submitit", "sweep"]
 
@@ -72,7 +72,7 @@ def _record_death(spec: RunSpec, exitcode: int | None, pid: int) -> dict[str, An
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     (spec.run_dir / "FAILED").write_text(msg + "\n")
     (spec.run_dir / "error.txt").write_text(msg + "\n")
-    lock = _lock_path(spec)
+    lock = lock_path(spec)
     try:
         if lock.is_file() and json.loads(lock.read_text() or "{}").get("pid") == pid:
             lock.unlink()

@@ -253,7 +253,8 @@ class Claim:
     note: str = ""
 
 
-def _lock_path(spec: RunSpec) -> Path:
+def lock_path(spec: RunSpec) -> Path:
+    """The lock file that claims a run: ``<cell>/seed<k>.lock``."""
     return spec.run_dir.parent / f"{spec.run_dir.name}.lock"
 
 
@@ -277,7 +278,7 @@ def claim_run(spec: RunSpec, *, retry_failed: bool = False, echo: Callable[[str]
         return Claim("done")
     if (d / "FAILED").exists() and not retry_failed:
         return Claim("failed", note=(d / "FAILED").read_text().strip())
-    lock = RunLock(_lock_path(spec))
+    lock = RunLock(lock_path(spec))
     if not lock.acquire():
         return Claim("busy", note=f"locked by {lock.holder()}")
     # another sweep may have finished or failed it between our first look and the lock

@@ -451,7 +451,8 @@ class TrainStep:
                  grad_clip: float = 0.0) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler, self.task = model, optimizer, scheduler, scaler, task
         self.amp, self.supervise, self.aux_weight, self.grad_clip = amp, supervise, aux_weight, grad_clip
-        inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))  # DDP, compile
+        inner = getattr(model, "module", model)  # DDP's wrapped module
+        inner = getattr(inner, "_orig_mod", inner)  # torch.compile's original module
         self.pass_target = bool(getattr(inner, "takes_target", False))  # models that compute their own loss
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
 

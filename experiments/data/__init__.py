@@ -34,6 +34,7 @@ from ._registry import (
     dataset_builder,
     index_inputs,
     list_datasets,
+    num_samples,
     register_dataset,
     to_device,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "dataset_builder",
     "index_inputs",
     "list_datasets",
+    "num_samples",
     "register_dataset",
     "to_device",
 ]

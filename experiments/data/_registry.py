@@ -28,6 +28,7 @@ __all__ = [
     "ImageSet",
     "SampleSet",
     "index_inputs",
+    "num_samples",
     "to_device",
     "create_dataset",
     "dataset_builder",
@@ -40,7 +41,8 @@ DatasetBuilder = Callable[..., "DatasetSplits"]
 _DATASETS: dict[str, DatasetBuilder] = {}
 
 
-def _first_dim(inputs: torch.Tensor | dict[str, torch.Tensor]) -> int:
+def num_samples(inputs: torch.Tensor | dict[str, torch.Tensor]) -> int:
+    """The number of samples (first dimension) of an input tensor or of a dict input's tensors (which must agree)."""
     if isinstance(inputs, dict):
         sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
         if not sizes or len(set(sizes.values())) != 1:
@@ -88,12 +90,12 @@ class SampleSet:
     targets: torch.Tensor
 
     def __post_init__(self) -> None:
-        n = _first_dim(self.inputs)
+        n = num_samples(self.inputs)
         if self.targets.shape[0] != n:
             raise ValueError(f"targets has {self.targets.shape[0]} rows but inputs have {n}")
 
     def __len__(self) -> int:
-        return _first_dim(self.inputs)
+        return num_samples(self.inputs)
 
 
 @dataclass
