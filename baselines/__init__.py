@@ -57,6 +57,9 @@ from ._registry import GENERIC_OPTIONS as GENERIC_OPTIONS
 from ._registry import create_model, list_models, model_entrypoint, register_model
 from ._registry import model_info as model_info
 from .lenet import LeNet5, LeNet5ReLU
+from .references import REFERENCES as REFERENCES
+from .references import check_reference as check_reference
+from .references import reference as reference
 from .resnet import StagedResNet
 
 __all__ = ["LeNet5", "LeNet5ReLU", "StagedResNet", "create_model", "lenet", "list_models", "model_entrypoint", "register_model", "resnet"]

@@ -4,7 +4,7 @@
     feedback sweep <experiment> [key=value ...] --backend local|processes|submitit [--workers N] [--retry-failed]
     feedback results <runs-dir>                 the comparison table of finished runs (mean ± std over seeds)
     feedback list models|feedback|datasets|experiments
-    feedback paper [--runs DIR] [--scale cpu|gpu] [--only NAME] [--no-run]   run missing experiments, redraw the paper
+    feedback paper [--runs DIR] [--scale cpu|gpu] [--only NAME] [--no-run] [--workers N]   run missing experiments, redraw the paper
 
 Bad input (an unknown experiment, key, model, feedback kind or dataset, malformed YAML, a wrong type) is one line
 on stderr naming the problem and the valid choices, exit code 2, and nothing is written: everything is validated
@@ -243,6 +243,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "paper.make", "--runs", args.runs, "--scale", args.scale]
     argv += (["--only", args.only] if args.only else []) + (["--no-run"] if args.no_run else [])
     argv += (["--dry-run"] if args.dry_run else []) + (["--out", args.out] if args.out else [])
+    argv += ["--workers", str(args.workers)] if args.workers is not None else []
     return subprocess.call(argv)
 
 
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--only", default=None, help="comma-separated figures (fig_steps, tab_pointing, ...)")
     pp.add_argument("--no-run", action="store_true", help="only redraw from the existing runs")
     pp.add_argument("--dry-run", action="store_true", help="print the feedback run commands and the time estimate")
+    pp.add_argument("--workers", type=int, default=None, help="parallel runs per grid (default: 2 at cpu scale)")
     pp.add_argument("--out", default=None, help="where paper.md and figures/ go (default: the paper/ folder)")
     pp.set_defaults(fn=cmd_paper)
     ls = sub.add_parser("list", help="list registered names")

@@ -515,6 +515,17 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
 # --------------------------------------------------------------------------------------------------- the run
 
 
+def _reference_params(backbone: str) -> dict[str, Any] | None:
+    """The backbone architecture's published parameter count against ours at that configuration (not the trained
+    configuration: ``model.preset: small`` narrows it), for the paper's zoo table; ``None`` without a reference."""
+    import baselines
+
+    try:
+        return baselines.check_reference(backbone)
+    except Exception:  # a model that cannot build on the meta device: the run does not need this
+        return None
+
+
 def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         return {"peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
@@ -800,6 +811,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
         result = {
             "experiment": cfg.name, "cell": cell, "seed": t.seed, "variant": variant,
             "metrics": final, "cost": cost, "compute": compute, "train_steps": total_steps,
+            "reference": _reference_params(cfg.model.backbone),
             "time_s": round(logger.elapsed(), 2), "segments": segment, "multilabel": data.multilabel,
             "task": data.task, "primary": task.primary, "tests": list(data.tests),
             "wandb_dir": logger.wandb_dir, "env": full_config["env"],

@@ -60,6 +60,7 @@ class Run:
     run_dir: Path
     config: dict[str, Any] = field(default_factory=dict)
     time_s: float = 0.0
+    reference: dict[str, Any] = field(default_factory=dict)  # the backbone's published parameter count, if any
 
     def cfg(self, dotted: str, default: Any = None) -> Any:
         cur: Any = self.config
@@ -88,7 +89,8 @@ def load_results(runs: str | Path, experiment: str) -> list[Run]:
         out.append(Run(experiment=r.get("experiment", experiment), variant=dict(r.get("variant", {})),
                        metrics=dict(r.get("metrics", {})), cost=dict(r.get("cost", {})),
                        compute=dict(r.get("compute", {})), seed=int(r.get("seed", 0)), run_dir=run_dir,
-                       config=cfg or {}, time_s=float(r.get("time_s", 0.0))))
+                       config=cfg or {}, time_s=float(r.get("time_s", 0.0)),
+                       reference=dict(r.get("reference") or {})))
     return out
 
 

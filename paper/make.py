@@ -64,15 +64,21 @@ def estimate_minutes(scale: str, only: str | None = None) -> float:
     return sum(getattr(s, f"{scale}_minutes") for m in modules(only) for s in getattr(m, "SOURCES", []))
 
 
-def run_missing(runs: Path, scale: str, only: str | None = None, *, dry_run: bool = False) -> list[str]:
-    """Run every invocation through the runner (it skips finished runs); returns the failed ones."""
+def run_missing(runs: Path, scale: str, only: str | None = None, *, dry_run: bool = False,
+                workers: int = 1) -> list[str]:
+    """Run every invocation through the runner (it skips finished runs); returns the failed ones.
+
+    ``workers > 1``: each invocation's grid goes through ``feedback sweep --backend processes --workers N`` (one
+    torch thread per worker), so the cells of a grid share the cores; ``1``: ``feedback run`` in one process.
+    """
     failed = []
     env = dict(os.environ)
     if scale == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
+    verb = ["sweep", "--backend", "processes", "--workers", str(workers)] if workers > 1 else ["run"]
     for config, ov in invocations(scale, runs, only):
-        cmd = [sys.executable, "-m", "experiments.cli", "run", config, *ov]
-        print("paper: $ feedback run " + " ".join([config, *ov]), flush=True)
+        cmd = [sys.executable, "-m", "experiments.cli", *verb, config, *ov]
+        print(f"paper: $ feedback {' '.join(verb)} " + " ".join([config, *ov]), flush=True)
         if dry_run:
             continue
         t0 = time.time()
@@ -137,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "written, 3 seeds)")
     p.add_argument("--only", default=None, help=f"comma-separated figures: {', '.join(FIGURES)}")
     p.add_argument("--no-run", action="store_true", help="only regenerate figures and paper from existing runs")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs per grid (default: 2 at cpu scale, "
+                   "one per core; 1 at gpu scale)")
     p.add_argument("--dry-run", action="store_true", help="print the feedback run commands and the estimate, run none")
     p.add_argument("--out", default=str(PAPER_DIR), help="where paper.md and figures/ go (default: the paper package)")
     args = p.parse_args(argv)
@@ -145,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_run:
         print(f"paper: {args.scale} scale, estimated {estimate_minutes(args.scale, args.only):.0f} min of runs "
               f"(from scratch) into {runs}", flush=True)
-        failed = run_missing(runs, args.scale, args.only, dry_run=args.dry_run)
+        workers = args.workers if args.workers is not None else (2 if args.scale == "cpu" else 1)
+        if workers < 1:
+            p.error(f"--workers must be >= 1, got {workers}")
+        failed = run_missing(runs, args.scale, args.only, dry_run=args.dry_run, workers=workers)
         if args.dry_run:
             return 0
     build(runs, Path(args.out), args.only, scale=args.scale)

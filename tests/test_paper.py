@@ -21,7 +21,7 @@ from experiments.cli import main as cli_main
 
 
 def _write_run(root: Path, experiment: str, cell: str, seed: int, cfg: dict, metrics: dict, *, cost: dict | None = None,
-               step_ms: float = 10.0, pointing: dict | None = None) -> Path:
+               step_ms: float = 10.0, pointing: dict | None = None, reference: dict | None = None) -> Path:
     d = root / experiment / cell / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -29,7 +29,7 @@ def _write_run(root: Path, experiment: str, cell: str, seed: int, cfg: dict, met
     result = {"experiment": experiment, "cell": cell, "seed": seed, "variant": {}, "metrics": metrics,
               "cost": cost or {"backbone_params": 1000, "feedback_params": 0, "backbone_flops": 1e6, "flops": 1e6},
               "compute": {"train_step_ms": step_ms, "device": "cpu"}, "time_s": 1.0, "task": "classify",
-              "primary": "acc", "tests": []}
+              "primary": "acc", "tests": [], "reference": reference}
     (d / "result.json").write_text(json.dumps(result))
     if pointing is not None:
         (d / "pointing.json").write_text(json.dumps({"tolerance_px": 2.14, "gt": "mask", "results": pointing}))
@@ -70,7 +70,9 @@ def _synthetic(root: Path) -> None:
     # the zoo: two backbones x {none, deconv@2}, one seed only (the captions must say so)
     for bb in ("mlp", "lenet5"):
         for fb, steps in (("none", 1), ("deconv", 2)):
-            _write_run(root, "baselines_zoo", f"{bb}{fb}", 0, _cfg(bb, fb, steps), {"acc": 0.5})
+            ref = {"params": 60_000, "reference": 60_000, "rel_tol": 0.0, "source": "LeCun et al. 1998", "paper": "",
+                   "match": True} if bb == "lenet5" else None  # the mlp's run predates the reference field
+            _write_run(root, "baselines_zoo", f"{bb}{fb}", 0, _cfg(bb, fb, steps), {"acc": 0.5}, reference=ref)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,9 @@ def test_every_figure_and_the_paper(runs: Path, tmp_path: Path) -> None:
     # Table 7: one seed -> flagged in CSV and caption
     zoo = _csv(figs / "tab_zoo.csv")
     assert len(zoo) == 4 and all(r["few_seeds"] == "True" and r["n"] == "1" for r in zoo)
+    assert {(r["backbone"], r["full_params"], r["reference_params"]) for r in zoo} == {
+        ("lenet5", "60000", "60000"), ("mlp", "", "")}
+    assert "match the published count for 1 of the 1 backbones" in paper and "| 60,000 | 60,000 | yes |" in paper
     assert "FEWER THAN 3 SEEDS" in paper
 
 
@@ -166,7 +171,10 @@ def test_dry_run_and_bad_name(runs: Path, capsys: pytest.CaptureFixture[str]) ->
 
     assert make.main(["--runs", str(runs), "--dry-run", "--only", "fig_routing"]) == 0
     outp = capsys.readouterr().out
-    assert "feedback run routing_sequential_digits train.epochs=3" in outp and "estimated" in outp
+    assert "feedback sweep --backend processes --workers 2 routing_sequential_digits train.epochs=3" in outp
+    assert "estimated" in outp  # the cpu scale runs each grid on both cores by default; --workers 1 in one process
+    assert make.main(["--runs", str(runs), "--dry-run", "--only", "fig_routing", "--workers", "1"]) == 0
+    assert "feedback run routing_sequential_digits train.epochs=3" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown figure"):
         make.modules("fig_nope")
     assert 0 < make.estimate_minutes("cpu") < 90
