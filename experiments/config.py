@@ -157,6 +157,9 @@ class LogConfig:
     progress: bool = True  # progress bars per sweep and per run
     tensorboard: bool = False  # also write TensorBoard event files to <run_dir>/tb (needs the tensorboard package)
     diagnostics: bool = False  # per-module gradient norms and dead/zero ReLU shares at every log step (diag/*)
+    examples: int = 4  # test samples drawn by the task's examples hook (segment, detect, caption) after the final
+    # evaluation, into <run_dir>/examples/ and wandb (experiments/examples.py); 0: none; tasks without the hook: none
+    examples_every: int = 0  # also draw them after every this many epochs (0: only after the final evaluation)
 
 
 @dataclass
@@ -464,6 +467,9 @@ def check_choices(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if cfg.log.examples < 0 or cfg.log.examples_every < 0:
+        raise ConfigError(f"log.examples and log.examples_every must be >= 0 (0: off), got {cfg.log.examples} and "
+                          f"{cfg.log.examples_every}")
     if cfg.train.checkpoint_every < 0 or cfg.train.stop_after_steps < 0:
         raise ConfigError("train.checkpoint_every and train.stop_after_steps must be >= 0")
     if not 0.0 < cfg.train.ema_decay < 1.0:

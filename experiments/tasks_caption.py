@@ -28,6 +28,10 @@ Metrics: per sample (averaged) ``acc``, ``seq_acc`` and ``nll`` as the ``tokens`
 the Captioner, the share of positions where the decoded word is right, the whole caption right, and the free-running
 negative log-likelihood); set level ``bleu1`` .. ``bleu4``. Primary metric: ``bleu4``; per-step curve: ``acc``.
 
+Examples (the optional task hook of docs/tasks.md section 8, :mod:`experiments.examples`): :meth:`CaptionTask.examples`
+gives a table row per image: the image (input ``images``, scaled up to about 128 px), its reference caption(s) and
+the predicted caption, words decoded with the dataset's ``class_names`` (the vocabulary by token id).
+
 Example:
     >>> import torch
     >>> task = CaptionTask()
@@ -161,3 +165,31 @@ class CaptionTask:
 
     def compute(self, state: list[float]) -> dict[str, float]:
         return {f"bleu{n}": bleu_from_stats(state[: 2 + 2 * n], n) for n in range(1, self.max_n + 1)}
+
+    # ---- examples (docs/tasks.md section 8) -------------------------------------------------------------------
+
+    def examples(self, output: Tensor, inputs: Any, target: Tensor, *, class_names: list[str]) -> list[dict[str, Any]]:
+        """One record per sample: ``image`` (the input image scaled up by
+        :func:`~experiments.examples.example_scale`), ``title`` (the prediction), ``references`` (a list with the
+        target caption), ``prediction`` and ``correct`` (prediction equals a reference). Needs dict inputs with an
+        ``images`` entry (``shapes_caption``)."""
+        from experiments.examples import example_scale, to_rgb, upscale
+
+        if not isinstance(inputs, dict) or "images" not in inputs:
+            raise ValueError("caption task: examples need dict inputs with an 'images' entry (as shapes_caption's); "
+                             "set log.examples=0 for other data")
+        if output.dim() != 3 or output.shape[:2] != target.shape:
+            raise ValueError(f"caption task: output {tuple(output.shape)} must be (B, T, V) with the targets' "
+                             f"(B, T) = {tuple(target.shape)}")
+
+        def words(row: list[int]) -> str:
+            return " ".join(class_names[t] if t < len(class_names) else f"<{t}>" for t in strip_tokens(row))
+
+        images = inputs["images"]
+        s = example_scale(*images.shape[-2:])
+        records = []
+        for i, (hyp, ref) in enumerate(zip(output.argmax(-1).tolist(), target.tolist())):
+            pred, refs = words(hyp), [words(ref)]
+            records.append({"image": upscale(to_rgb(images[i]), s), "title": pred, "references": refs,
+                            "prediction": pred, "correct": pred in refs})
+        return records

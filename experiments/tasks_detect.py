@@ -24,6 +24,11 @@ Metrics:
   interpolated AP, at most 100 detections per image). The state is the list of per-image detections and ground
   truths, so ``merge`` is a concatenation.
 
+Examples (the optional task hook of docs/tasks.md section 8, :mod:`experiments.examples`): :meth:`DetectTask.examples`
+draws each scene twice side by side, ``ground truth | prediction``: the ground-truth boxes in green labelled with
+their class, the predicted boxes in red labelled ``<class> <score>`` (the ``max(n, #score >= 0.5)`` best-scoring
+detections, at most 10, ``n`` = the number of objects), with :func:`torchvision.utils.draw_bounding_boxes`.
+
 Example:
     >>> import torch
     >>> task = DetectTask()
@@ -79,6 +84,18 @@ def _recall(dets: Tensor, gts: Tensor, *, iou: float, classes: bool) -> float:
     return float(taken.sum()) / n
 
 
+GT_COLOUR, PRED_COLOUR = (0, 255, 0), (255, 0, 0)
+MAX_DRAWN, DRAW_SCORE = 10, 0.5
+
+
+def shown_detections(dets: Tensor, n_objects: int) -> Tensor:
+    """The detections an example draws: the ``max(n_objects, #score >= 0.5)`` best-scoring rows (at most 10)."""
+    dets = dets[dets[:, 5] >= 0]
+    dets = dets[dets[:, 4].argsort(descending=True)]
+    k = min(MAX_DRAWN, max(n_objects, int((dets[:, 4] >= DRAW_SCORE).sum())))
+    return dets[:k]
+
+
 class DetectTask:
     """Loss, per-sample recall and set-level mAP for detectors (module docstring)."""
 
@@ -130,3 +147,36 @@ class DetectTask:
         res: dict[str, Any] = metric.compute()
         return {"map": max(0.0, float(res["map"])), "map50": max(0.0, float(res["map_50"])),
                 "map75": max(0.0, float(res["map_75"]))}
+
+    # --- examples (docs/tasks.md section 8)
+    def examples(self, output: Tensor, inputs: Any, target: Tensor, *, class_names: list[str]) -> list[dict[str, Any]]:
+        """One record per scene: ``image`` = the panel ``ground truth | prediction`` (uint8, height ``H * s``, width
+        ``2 W s + 2``, ``s`` = :func:`~experiments.examples.example_scale`), ``title``, ``recall50``, the
+        ``ground_truth`` boxes ``[{"class", "box"}]`` and the drawn ``predictions`` ``[{"class", "score", "box"}]``
+        (boxes ``[x0, y0, x1, y1]`` in input pixels)."""
+        from experiments.examples import draw_boxes, example_scale, hstack, to_rgb, upscale
+
+        _check(output, target)
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        out, tgt = output.detach().float().cpu(), target.detach().float().cpu()
+
+        def name(c: float) -> str:
+            return class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+
+        s = example_scale(*images.shape[-2:])
+        records = []
+        for i in range(tgt.shape[0]):
+            gts = tgt[i][tgt[i][:, 0] >= 0]
+            dets = shown_detections(out[i], len(gts))
+            base = upscale(to_rgb(images[i]), s)
+            left = draw_boxes(base, gts[:, 1:] * s, colour=GT_COLOUR, labels=[name(c) for c in gts[:, 0]])
+            right = draw_boxes(base, dets[:, :4] * s, colour=PRED_COLOUR,
+                               labels=[f"{name(d[5])} {float(d[4]):.2f}" for d in dets])
+            rec = _recall(out[i], tgt[i], iou=self.iou, classes=True)
+            records.append({
+                "image": hstack([left, right]), "title": f"recall50 {rec:.2f}", "recall50": round(rec, 4),
+                "ground_truth": [{"class": name(g[0]), "box": [round(float(v), 1) for v in g[1:]]} for g in gts],
+                "predictions": [{"class": name(d[5]), "score": round(float(d[4]), 4),
+                                 "box": [round(float(v), 1) for v in d[:4]]} for d in dets],
+            })
+        return records

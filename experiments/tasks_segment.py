@@ -17,6 +17,10 @@ segmentation", CVPR, section 5: "mean IU") and of the PASCAL VOC segmentation be
 2010). Classes absent from both target and prediction over the whole set are left out of the mean (VOC
 convention); the background class counts like any other. Primary metric: ``miou``.
 
+Examples (the optional task hook of docs/tasks.md section 8, :mod:`experiments.examples`): :meth:`SegmentTask.examples`
+draws each sample as one PNG panel ``input | ground-truth mask | predicted mask``, the masks colour-coded
+(``experiments.examples.PALETTE``: background black, unscored pixels white), scaled up to about 128 px.
+
 Example:
     >>> import torch
     >>> task = SegmentTask()
@@ -124,3 +128,32 @@ class SegmentTask:
         if state["conf"] is None:
             return {"miou": float("nan"), "pixel_acc_all": float("nan")}
         return miou_from_confusion(state["conf"])
+
+    # ---- examples (docs/tasks.md section 8)
+
+    def examples(self, output: Tensor, inputs: Any, target: Tensor, *, class_names: list[str]) -> list[dict[str, Any]]:
+        """One record per sample: ``image`` = the panel ``input | ground truth | prediction`` (uint8, height ``H * s``,
+        width ``3 W s + 4``, ``s`` = :func:`~experiments.examples.example_scale`), ``title``, ``pixel_acc`` and the
+        names of the classes present in the target (``true_classes``) and in the prediction (``predicted_classes``).
+        """
+        from experiments.examples import colour_mask, example_scale, hstack, to_rgb, upscale
+
+        self._check(output, target)
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        if images.shape[-2:] != target.shape[-2:]:  # draw the input at the masks' resolution
+            images = F.interpolate(images.float(), size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+        pred = output.argmax(1)
+        acc = self.correct(output, target)["pixel_acc"]
+        k = output.shape[1]
+        names = [class_names[c] if c < len(class_names) else str(c) for c in range(k)]
+        s = example_scale(*target.shape[1:])
+        records = []
+        for i in range(target.shape[0]):
+            ok = _scored(target[i])
+            true = sorted(int(c) for c in target[i][ok].unique())
+            guess = sorted(int(c) for c in pred[i].unique())
+            panel = hstack([upscale(p, s) for p in (to_rgb(images[i]), colour_mask(target[i]), colour_mask(pred[i]))])
+            records.append({"image": panel, "title": f"pixel acc {float(acc[i]):.3f}",
+                            "pixel_acc": round(float(acc[i]), 4), "true_classes": [names[c] for c in true],
+                            "predicted_classes": [names[c] for c in guess]})
+        return records

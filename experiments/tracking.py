@@ -53,6 +53,11 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _cell(v: Any) -> Any:
+    """A wandb table cell: lists and dicts as compact JSON text, everything else as it is."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else _jsonable(v)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The lines of a ``metrics.jsonl`` file (a torn last line, from a crash mid-write, is skipped)."""
     rows = []
@@ -103,6 +108,9 @@ class NullLogger:
         pass
 
     def log_image(self, key: str, path: str | Path, step: int, caption: str = "") -> None:
+        pass
+
+    def log_examples(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
         pass
 
     def offset(self) -> int:
@@ -232,6 +240,41 @@ class RunLogger:
 
                 img = np.asarray(mpimg.imread(str(path)))
                 self.tb.add_image(key, img[..., :3], global_step=int(step), dataformats="HWC")
+            except Exception as e:
+                _warn_once("tb-image", f"tensorboard image logging failed ({type(e).__name__}: {e})")
+
+    def log_examples(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
+        """Mirror predicted examples (:mod:`experiments.examples`) to wandb: a ``wandb.Table`` under ``key`` with an
+        ``image`` column (``wandb.Image`` of each row's saved PNG, ``row["image"]`` being its path) and one column per
+        other field (lists and dicts as JSON text), plus the images as a list under ``<key>/images`` captioned with
+        each row's ``title``; to TensorBoard, the images as ``<key>/<index>``. ``metrics.jsonl`` is not touched (the
+        rows are in ``<run_dir>/examples/examples.jsonl``).
+
+        The image list is stored in the offline run (``files/media/images/``); wandb keeps a table's images in a run
+        artifact that it stages under its data directory (``$WANDB_DATA_DIR``, default ``~/.local/share/wandb``)
+        until ``wandb sync`` uploads it."""
+        if not rows:
+            return
+        if self.wandb_run is not None:
+            try:
+                import wandb
+
+                columns = list(dict.fromkeys(k for r in rows for k in r))
+                images = [wandb.Image(str(r["image"]), caption=str(r.get("title", ""))) for r in rows]
+                data = [[img if c == "image" else _cell(r.get(c)) for c in columns] for r, img in zip(rows, images)]
+                self.wandb_run.log({key: wandb.Table(columns=columns, data=data), f"{key}/images": images},
+                                   step=int(step))
+            except Exception as e:
+                _warn_once("wandb-examples", f"wandb example logging failed ({type(e).__name__}: {e})")
+        if self.tb is not None:
+            try:
+                import matplotlib.image as mpimg
+                import numpy as np
+
+                for r in rows:
+                    img = np.asarray(mpimg.imread(str(r["image"])))
+                    self.tb.add_image(f"{key}/{r.get('index', 0)}", img[..., :3], global_step=int(step),
+                                      dataformats="HWC")
             except Exception as e:
                 _warn_once("tb-image", f"tensorboard image logging failed ({type(e).__name__}: {e})")
 

@@ -10,6 +10,8 @@ A run directory ``runs/<experiment>/<cell>/seed<k>/`` ends up holding:
 - ``wandb/offline-run-*``: the offline W&B mirror (unless ``log.wandb=disabled``), one directory per segment of
   a resumed run;
 - ``predictions.pt`` (test logits and labels, for ensembles at results time), ``samples.png``;
+- ``examples/epoch_<EEE>/*.png`` and ``examples/examples.jsonl``: a few predicted test samples drawn by the task's
+  ``examples`` hook (segment, detect, caption; ``log.examples``, docs/tasks.md section 8), also logged to wandb;
 - ``result.json``: the final metrics, the compute cost (parameters, FLOPs, time per step, peak memory) and the
   environment;
 - ``DONE``: written last by the sweep; a sweep skips run directories that have it.
@@ -99,6 +101,7 @@ from experiments.evaluate import (
     sample_figure,
     save_predictions,
 )
+from experiments.examples import write_examples
 from experiments.fsdp import full_states, load_states, shard_model
 from experiments.optim import lr_factor, lr_scales, make_optimizer
 from experiments.tasks import create_task
@@ -710,6 +713,17 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                 "memory_format": memory_format, "env": env,
                 "should_stop": (lambda: bool(_STOP["signum"])) if env.world_size == 1 else None}
 
+    def examples(net: nn.Module, at_epoch: int) -> None:  # predicted examples (experiments/examples.py)
+        if cfg.log.examples > 0 and hasattr(task, "examples"):
+            try:  # pictures for people, like the dashboard: a drawing failure must not lose the run's results
+                write_examples(task, net, data.test, n=cfg.log.examples, run_dir=run_dir if env.is_main else None,
+                               epoch=at_epoch, step=step, task_name=data.task, class_names=data.class_names,
+                               logger=logger, device=device, amp=amp, memory_format=memory_format)
+            except Exception as e:
+                print(f"feedback: warning: {run_dir}: drawing examples failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); set log.examples=0 to skip them",
+                      file=sys.stderr, flush=True)
+
     aug = dataclasses.asdict(cfg.data.augment)
     classify = cfg.task in ("auto", "classify") and data.task == "classify"  # logits kept for ensembles and figures
     swa_first_epoch = math.floor(t.swa_start * t.epochs)
@@ -786,6 +800,9 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                                                **eval_kw())
                         row.update({f"test_avg/{k}": v for k, v in metrics_avg.items()})
                     logger.log(row | {"epoch": epoch}, step=step)
+                    every = cfg.log.examples_every
+                    if every and not last and (epoch + 1) % every == 0:  # the last epoch's come after the final eval
+                        examples(model, epoch)
                     epoch, batch_in_epoch = epoch + 1, 0
                     save()
                     signum = stop_requested()
@@ -800,6 +817,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path, *, cell: str, variant: dict[
                 final.update(extras)
                 if extras:
                     logger.log({f"test/{k}": v for k, v in extras.items()}, step=step)
+                examples(final_model, t.epochs - 1)
             except Interrupted:
                 save()  # the state before the interrupted evaluation: it runs again on resume
                 raise _Stop(_STOP["signum"] or signal.SIGTERM) from None
