@@ -145,3 +145,135 @@ def test_buffers_round_trip_through_a_state_dict():
     other.load_state_dict(model.state_dict())
     x = torch.cat([_square((1, 1)), _bar()])
     assert torch.equal(model(x), other(x))
+
+
+# ------------------------------------------------------------------------------- scoring ("llr") and fast inference
+def _forest_model(score, rates=None, pool_radius=1):
+    """Two hand-made models without laterals (every feature its own root): model 0 has 2 features, model 1 has 6."""
+    kw = {} if rates is None else {"object_rate": rates[0], "background_rate": rates[1]}
+    model = RCN(num_classes=2, pool_radius=pool_radius, score=score, **kw)
+    feats = torch.full((2, 6, 3), -1, dtype=torch.long)
+    feats[0, :2] = torch.tensor([[0, 4, 4], [0, 4, 10]])
+    feats[1] = torch.tensor([[1, 4, 4], [1, 4, 10], [1, 4, 16], [1, 10, 4], [1, 10, 10], [1, 10, 16]])
+    tree = torch.full((2, 6, 3), -1, dtype=torch.long)
+    tree[0, :2] = torch.tensor([-1, 0, 0])
+    tree[1] = torch.tensor([-1, 0, 0])
+    model._set_buffers(feats, torch.tensor([0, 1]), tree, torch.full((2, 1, 3), -1))
+    if rates is not None:
+        model.rates = torch.tensor(rates)
+    ev = -torch.ones(1, 2, 20, 20)
+    ev[0, 0, 4, 5] = ev[0, 0, 3, 10] = 1.0  # both of model 0's features found (within the pool)
+    ev[0, 1, 4, 4] = ev[0, 1, 4, 10] = ev[0, 1, 4, 16] = ev[0, 1, 10, 4] = ev[0, 1, 11, 11] = 1.0  # 5 of model 1's 6
+    return model, ev
+
+
+def test_llr_score_prefers_a_fully_explained_small_model_over_a_larger_partly_explained_one():
+    q, b = 0.9, 0.7
+    a, c = math.log(q / b), math.log((1 - q) / (1 - b))
+    model, ev = _forest_model("llr", (q, b))
+    assert model.llr_weights() == pytest.approx((a, c))
+    u = model.unary(ev)
+    assert u[0, 0, 4, 5].item() == pytest.approx(a) and u[0, 0, 0, 0].item() == pytest.approx(c)
+    s = model.forward_scores(u)[0]
+    assert s.tolist() == pytest.approx([2 * a, 5 * a + c], abs=1e-5)  # 0.503 > 0.158: model 0 wins
+    assert s[0] > s[1]
+    # the +-1 "sum" score counts hits minus misses, so the larger model wins (2 < 5 - 1)
+    model, ev = _forest_model("sum")
+    assert model.forward_scores(model.unary(ev))[0].tolist() == [2.0, 4.0]
+    # symmetric rates (q = 1 - b) reproduce "sum" scaled by log(q / b)
+    model, ev = _forest_model("llr", (0.8, 0.2))
+    assert model.forward_scores(model.unary(ev))[0].tolist() == pytest.approx([2 * math.log(4), 4 * math.log(4)])
+
+
+def test_fit_calibrates_the_rates_from_the_training_images():
+    # two identical copies per class: a model finds all its features on its twin (q -> 1 - eps); the square's and the
+    # bar's models find fewer on each other (b < q)
+    x = torch.cat([_square(), _square(), _bar(), _bar()])
+    model = RCN(num_classes=2)
+    model.fit(x, torch.tensor([0, 0, 1, 1]))
+    q, b = model.rates.tolist()
+    assert q == pytest.approx(0.999) and 0.0 < b < 0.9
+    # b by hand: mean hit fraction (s + K) / 2K of each model's forward MAP on the other class's images
+    E, _ = model.preprocess(x)
+    s = model.forward_scores(model.evidence(E))
+    K = (model.feats[..., 0] >= 0).sum(1).float()
+    hit = (s + K) / (2 * K)
+    other = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    assert b == pytest.approx(hit[other].mean().item(), abs=1e-6)
+    # one image per class: q cannot be estimated and falls back to 0.9; given rates are kept
+    one = RCN(num_classes=2)
+    one.fit(torch.cat([_square(), _bar()]), torch.tensor([0, 1]))
+    assert one.rates[0].item() == pytest.approx(0.9) and one.rates[1].item() == pytest.approx(b, abs=1e-6)
+    given = RCN(num_classes=2, object_rate=0.8, background_rate=0.3)
+    given.fit(x, torch.tensor([0, 0, 1, 1]))
+    assert given.rates.tolist() == pytest.approx([0.8, 0.3])
+    for bad in ({"score": "mean"}, {"object_rate": 1.0}, {"object_rate": 0.3, "background_rate": 0.5}):
+        with pytest.raises(ValueError):
+            RCN(**bad)
+
+
+def test_dilate_matches_a_brute_force_window_max():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 7, 9, generator=g)
+    radius = torch.randint(0, 10, (40,), generator=g)
+    out = dilate(x, radius)
+    for n in range(40):
+        r = int(radius[n])
+        for u in range(7):
+            for v in range(9):
+                want = x[n, max(0, u - r):u + r + 1, max(0, v - r):v + r + 1].max()
+                assert out[n, u, v] == want
+
+
+def _digits_model(per_class=3, score="llr", **kw):
+    from experiments.data.digits import digits
+
+    d = digits(seed=0, image_size=32, per_class=per_class)
+    model = RCN(num_classes=10, score=score, **kw)
+    model.fit(d.train.images, d.train.labels)
+    return model, d.test.images[:12]
+
+
+@pytest.mark.parametrize("score", ["llr", "sum"])
+def test_pruned_fast_path_equals_the_exhaustive_slow_path(score):
+    model, x = _digits_model(score=score, num_candidates=3)
+    E, _ = model.preprocess(x)
+    ev = model.unary(model.evidence(E))
+    full = model.forward_scores(ev)  # every model, the reference
+    M = full.shape[1]
+    b_idx, m_idx = torch.meshgrid(torch.arange(len(x)), torch.arange(M), indexing="ij")
+    assert torch.allclose(model.pair_scores(ev, b_idx.reshape(-1), m_idx.reshape(-1)).view(len(x), M), full,
+                          atol=1e-5)
+    bound = model.upper_bound(ev)
+    assert (bound >= full - 1e-5).all()
+    pruned, computed = model.pruned_forward_scores(ev, 3, round_size=4)
+    assert computed.float().mean() < 0.9  # something was pruned ...
+    assert torch.allclose(pruned[computed], full[computed], atol=1e-5) and (pruned[~computed] == -math.inf).all()
+    top = full.sort(dim=1, descending=True, stable=True).indices[:, :3]  # ... but not a candidate nor a class maximum
+    assert computed.gather(1, top).all()
+    cls_best = torch.full((len(x), 10), -math.inf).scatter_reduce(1, model.labels.expand(len(x), -1), full, "amax")
+    cls_pruned = torch.full((len(x), 10), -math.inf).scatter_reduce(1, model.labels.expand(len(x), -1), pruned, "amax")
+    assert torch.allclose(cls_best, cls_pruned, atol=1e-5)
+    slow = RCN(num_classes=10, score=score, num_candidates=3, prune=False)
+    slow.load_state_dict(model.state_dict())
+    a, b = model.explain(x), slow.explain(x)
+    assert torch.equal(a["candidates"], b["candidates"]) and torch.allclose(a["scores"], b["scores"])
+    assert torch.allclose(model(x), slow(x))
+
+
+def test_upper_bound_is_exact_for_single_feature_models():
+    model = RCN(num_classes=1, pool_radius=2)
+    model._set_buffers(torch.tensor([[[0, 10, 10]]]), torch.tensor([0]), torch.tensor([[[-1, 0, 0]]]),
+                       torch.full((1, 1, 3), -1))
+    ev = torch.randn(3, 2, 24, 24, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model.upper_bound(ev), model.forward_scores(ev))
+
+
+def test_a_state_dict_without_rates_loads_with_the_symmetric_rates():
+    model = RCN(num_classes=2)
+    model.fit(torch.cat([_square(), _square(), _bar()]), torch.tensor([0, 0, 1]))
+    sd = {k: v for k, v in model.state_dict().items() if k != "rates"}  # as saved before the "llr" score
+    other = RCN(num_classes=2)
+    other.load_state_dict(sd)
+    assert other.rates.tolist() == pytest.approx([0.9, 0.1])
+    assert torch.equal(other(_square()).argmax(1), torch.tensor([0]))
