@@ -44,7 +44,8 @@ class Source:
     config: str
     cpu: tuple[tuple[str, ...], ...] = ((),)
     gpu: tuple[tuple[str, ...], ...] = ((),)
-    cpu_minutes: float = 0.0  # estimated wall time of the cpu invocations on 2 cores, one torch thread each
+    cpu_minutes: float = 0.0  # wall time of the cpu invocations on 2 cores (2 worker processes, one torch thread
+    # each), as measured by `feedback paper` on 2026-11-26 (the first ~30 min shared the cores with other jobs)
     gpu_minutes: float = 0.0  # estimated wall time of the gpu invocations on one H100
     note: str = ""
 

@@ -30,9 +30,9 @@ NAME = "fig_routing"
 TITLE = "Attention over modules"
 SOURCES = [
     Source("routing_sequential_digits", cpu=(("train.epochs=3", "train.seed=0,1,2"),),
-           gpu=(("train.seed=0,1,2",),), cpu_minutes=12.0, gpu_minutes=20.0),
+           gpu=(("train.seed=0,1,2",),), cpu_minutes=2.5, gpu_minutes=20.0),
     Source("routing_copying", cpu=(("train.epochs=5", "train.seed=0,1,2"),),
-           gpu=(("train.seed=0,1,2",),), cpu_minutes=8.0, gpu_minutes=15.0),
+           gpu=(("train.seed=0,1,2",),), cpu_minutes=1.5, gpu_minutes=15.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["task", "model", "x", "test", "trained", "n", "few_seeds", "mean", "ci95"]
@@ -75,11 +75,16 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
         return {"csv": csv_path, "files": empty_figure(out, NAME, f"no runs of {', '.join(CONFIGS)} under {runs}")}
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = new_figure(len(tasks), 1, width=4.2, height=3.3)
+    import matplotlib.pyplot as plt
+
+    # one colour per model across both panels (the LSTM is the same colour on every task)
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(sorted({r["model"] for r in rows}))}
     for ti, task in enumerate(tasks):
         ax = axes[0][ti]
         for m in dict.fromkeys(r["model"] for r in rows if r["task"] == task):
             pts = sorted((r for r in rows if r["task"] == task and r["model"] == m), key=lambda r: r["x"])
             ax.errorbar([p["x"] for p in pts], [p["mean"] for p in pts], marker="o", ms=4, capsize=3, label=m,
+                        color=colours[m],
                         yerr=[0 if p["ci95"] != p["ci95"] else p["ci95"] for p in pts])
         trained = sorted({r["trained"] for r in rows if r["task"] == task})
         for t in trained:

@@ -45,16 +45,16 @@ SOURCES = [
                 ("model.backbone=tv_vgg11", "model.preset=small", "train.epochs=6", *_EVAL)),
            cpu_minutes=11.0, gpu_minutes=8.0),
     Source("generative_ablation", cpu=(("train.epochs=8", _SEEDS, *_EVAL),), gpu=((*_EVAL,),),
-           cpu_minutes=5.0, gpu_minutes=3.0),
+           cpu_minutes=8.5, gpu_minutes=3.0),
     Source("rectified_ablation", cpu=(("train.epochs=8", _SEEDS, *_EVAL),), gpu=((*_EVAL,),),
-           cpu_minutes=3.0, gpu_minutes=3.0),
+           cpu_minutes=6.0, gpu_minutes=3.0),
     Source("cognitive_ablation", cpu=(("train.epochs=8", _SEEDS, *_EVAL),), gpu=((*_EVAL,),),
-           cpu_minutes=3.0, gpu_minutes=3.0),
+           cpu_minutes=5.5, gpu_minutes=3.0),
     Source("tdm_ablation", cpu=(("train.epochs=3", "model.steps=1,2", _SEEDS, *_EVAL),), gpu=((*_EVAL,),),
-           cpu_minutes=7.0, gpu_minutes=3.0),
+           cpu_minutes=3.0, gpu_minutes=3.0),
     Source("routing_ablation", cpu=(("train.epochs=8", "model.feedback=none,brims,layer_attention", "model.steps=1,2",
                                      _SEEDS, *_EVAL),),
-           gpu=((*_EVAL,),), cpu_minutes=6.0, gpu_minutes=10.0),
+           gpu=((*_EVAL,),), cpu_minutes=1.5, gpu_minutes=10.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["backbone", "epochs", "feedback", "steps", "condition", "n", "few_seeds", "mean", "ci95", "experiments"]

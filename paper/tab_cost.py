@@ -79,9 +79,12 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
     x = np.arange(len(sel))
     ax.bar(x - 0.27, [r["rel_params"] for r in sel], width=0.27, label="parameters")
     ax.bar(x, [r["rel_flops"] for r in sel], width=0.27, label="FLOPs per input")
+    half = [0.0 if (r["step_ms_ci95"] != r["step_ms_ci95"] or not r["step_ms"]) else
+            r["step_ms_ci95"] / r["step_ms"] * r["rel_time"] for r in sel]
+    # on a log axis an interval reaching 0 or below cannot be drawn: its lower arm stops at 1 % of the bar
+    lower = [min(h, 0.99 * r["rel_time"]) for h, r in zip(half, sel)]
     ax.bar(x + 0.27, [r["rel_time"] for r in sel], width=0.27, label="time per training step",
-           yerr=[0 if (r["step_ms_ci95"] != r["step_ms_ci95"] or not r["step_ms"]) else
-                 r["step_ms_ci95"] / r["step_ms"] * r["rel_time"] for r in sel], capsize=2)
+           yerr=[lower, half], capsize=2)
     ax.axhline(1, color="black", lw=0.8, ls="--")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{r['backbone']}\n{r['feedback']} T={r['steps']}" for r in sel], rotation=60, ha="right",

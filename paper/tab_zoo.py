@@ -37,7 +37,7 @@ CPU_BACKBONES = ["perceptron", "mlp", "lenet5", "lenet5_relu", "alexnet", "zfnet
                  "resnet20_cifar", "squeezenet1_1", "googlenet", "nasnetamobile"]
 SOURCES = [
     Source("baselines_zoo", cpu=(("model.backbone=" + ",".join(CPU_BACKBONES), "train.seed=0,1,2"),),
-           gpu=(("train.seed=0,1,2",),), cpu_minutes=3.0, gpu_minutes=25.0),
+           gpu=(("train.seed=0,1,2",),), cpu_minutes=5.0, gpu_minutes=25.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["backbone", "feedback", "steps", "n", "few_seeds", "params", "feedback_params", "mean", "ci95", "step_ms",

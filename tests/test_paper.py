@@ -67,6 +67,13 @@ def _synthetic(root: Path) -> None:
         for bb, perm, acc in (("perceiver_tiny", False, 0.5), ("perceiver_tiny", True, 0.5),
                               ("stn_classifier", False, 0.95), ("stn_classifier", True, 0.65)):
             _write_run(root, "perceiver_permuted", f"{bb}{perm}", s, _cfg(bb, permute_pixels=perm), {"acc": acc})
+    # data efficiency (Table 8): replicates are data seeds; RCN 60/80 %, LeNet 40/90 % at 10/100 per class (+ seed)
+    for ds in seeds:
+        for bb, accs in (("rcn", {10: 0.60, 100: 0.80}), ("lenet5_relu", {10: 0.40, 100: 0.90})):
+            exp = "rcn_data_efficiency_rcn" if bb == "rcn" else "rcn_data_efficiency"
+            for pc, acc in accs.items():
+                cfg = _cfg(bb, per_class=pc) | {"data": {"seed": ds, "options": {"per_class": pc}}}
+                _write_run(root, exp, f"{bb}{pc}d{ds}", 0, cfg, {"acc": acc + 0.01 * ds})
     # the zoo: two backbones x {none, deconv@2}, one seed only (the captions must say so)
     for bb in ("mlp", "lenet5"):
         for fb, steps in (("none", 1), ("deconv", 2)):
@@ -148,6 +155,13 @@ def test_every_figure_and_the_paper(runs: Path, tmp_path: Path) -> None:
     g = cost[("lenet5_relu", "generative", "2", "2")]
     assert math.isclose(float(g["rel_flops"]), 3.0)
     assert float(cost[("lenet5_relu", "deconv", "2", "1")]["feedback_params"]) > 0
+
+    # Table 8: grouped by data seed (train seed 0 everywhere), RCN above LeNet at 10 per class, below at 100
+    rcn = {(r["model"], r["per_class"]): r for r in _csv(figs / "tab_rcn.csv")}
+    assert set(rcn) == {("RCN", "10"), ("RCN", "100"), ("LeNet-5", "10"), ("LeNet-5", "100")}
+    assert rcn[("RCN", "10")]["n"] == "3" and math.isclose(float(rcn[("RCN", "10")]["mean"]), 61.0)
+    assert "10 per class: best RCN (61.0 %); RCN 61.0 %, above LeNet-5, below none" in paper
+    assert "100 per class: best LeNet-5 (91.0 %); RCN 81.0 %, above none, below LeNet-5" in paper
 
     # Table 7: one seed -> flagged in CSV and caption
     zoo = _csv(figs / "tab_zoo.csv")
