@@ -46,6 +46,7 @@ from . import siren as siren
 from . import spectral_gnn as spectral_gnn
 from . import squeezenet as squeezenet
 from . import stn as stn
+from . import tdbu_segmentation as tdbu_segmentation
 from . import transformer as transformer
 from . import unet as unet
 from . import vgg as vgg

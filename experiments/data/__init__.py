@@ -17,6 +17,7 @@ from . import cluttered as cluttered
 from . import detection as detection
 from . import digits as digits
 from . import distorted as distorted
+from . import figure_ground as figure_ground
 from . import graphs as graphs
 from . import pairs as pairs
 from . import scenes3d as scenes3d
