@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from paper.common import read_csv
 
 FIGURES = ["fig_steps", "tab_pointing", "fig_robustness", "fig_routing", "fig_perceiver", "tab_cost", "tab_zoo",
-           "tab_rcn"]
+           "tab_rcn", "tab_tdbu"]
 SCALE_COMMON = {"cpu": ["log.wandb=disabled", "log.progress=false"], "gpu": ["log.progress=false"]}
 PAPER_DIR = Path(__file__).resolve().parent
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\.(\w+)\}\}")
