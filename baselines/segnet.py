@@ -22,14 +22,24 @@ Parameters: 29,486,988 at 12 classes (CamVid), 29,492,181 at 21 (both match the 
 
 ``model.encoder`` is the **Staged view** of the encoder (DESIGN.md section 3.1): a
 :class:`~baselines.resnet.StagedModel` with ``stem`` an input check, ``stages`` the five blocks (each ending with
-its ``nn.MaxPool2d``; strides 2, 4, 8, 16, 32), and a parameter-free ``head`` (global average pool; ``num_classes``
-= the last width) so that feedback can be attached to the encoder later. :meth:`SegNet.forward` runs exactly these
-stage modules, calling each block's pool with ``return_indices=True`` (same values), so a feedback kind that wraps
-``model.encoder`` sees the same features the decoder uses.
+its ``nn.MaxPool2d``; strides 2, 4, 8, 16, 32; the first ``levels`` of them), and a parameter-free ``head`` (global
+average pool; ``num_classes`` = the last width) so that feedback can be attached to the encoder later.
+:meth:`SegNet.forward` runs exactly these stage modules, calling each block's pool with ``return_indices=True`` (same
+values), so a feedback kind that wraps ``model.encoder`` sees the same features the decoder uses.
 
 Deviations from the paper: the paper trains with median-frequency class balancing and initialises the encoder from
 ImageNet VGG-16; here initialisation is torchvision's VGG scheme (Kaiming-normal) and no class weights. Odd
 spatial sizes are handled by ``max_unpool2d``'s ``output_size`` (any input of at least 32 px works).
+
+``levels`` (default 5, the paper's) keeps only the first ``levels`` encoder blocks and their mirrored decoder blocks.
+The small CPU preset (``model.preset: small``: ``width=0.25, img_size=32, levels=3``, 221,911 parameters at 7
+classes) uses three, a deviation for 32 px inputs: the paper's five pools take a 360x480 CamVid image to an 11x15
+map, but a 32 px image to 1x1, so everything the decoder knows about which object is where must pass through one
+``c_5``-vector per image plus the pooling indices (which carry positions, not classes). On the shapes scenes
+(experiments/configs/segment_shapes.yaml, 5 epochs) five levels at width 0.25 under-fit (training loss stuck near
+0.40, test mIoU 0.169, chance 0.117; four levels: 0.179; width 0.5: 0.179; lr 0.001 instead of 0.003: 0.152), three
+levels (a 4x4 map, receptive field still over 32 px) reach training loss 0.21 and test mIoU 0.407 (two levels: 0.434,
+but only 4 of VGG-16's 13 encoder convolutions; three keep 7).
 
 Example:
     >>> import torch
@@ -63,9 +73,10 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 
 class SegNet(nn.Module):
-    """SegNet: ``encoder`` (Staged, VGG-16-BN), ``decoder`` (5 un-pool + conv blocks), ``classifier`` (3x3 conv).
+    """SegNet: ``encoder`` (Staged, VGG-16-BN), ``decoder`` (``levels`` un-pool + conv blocks, 5 in the paper),
+    ``classifier`` (3x3 conv).
 
-    Shapes: ``(B, in_chans, H, W) -> (B, num_classes, H, W)``; ``H, W >= 32``.
+    Shapes: ``(B, in_chans, H, W) -> (B, num_classes, H, W)``; ``H, W >= 2 ** levels`` (32 for the paper's 5).
     """
 
     def __init__(self, encoder: StagedModel, decoder: list[nn.Module], classifier: nn.Conv2d) -> None:
@@ -101,27 +112,42 @@ class SegNet(nn.Module):
 
 @register_model(family="SegNet", source="hand-written (paper); encoder: torchvision make_layers (VGG-16-BN)",
                 paper="Badrinarayanan et al. 2017", min_input_size=SEGNET_MIN_SIZE,
-                small={"width": 0.25, "img_size": 32}, small_input_size=32, staged=False)
-def segnet(*, num_classes: int = 12, in_chans: int = 3, width: float = 1.0, img_size: int = 224) -> SegNet:
+                small={"width": 0.25, "img_size": 32, "levels": 3}, small_input_size=32, staged=False)
+def segnet(*, num_classes: int = 12, in_chans: int = 3, width: float = 1.0, img_size: int = 224,
+           levels: int = 5) -> SegNet:
     """SegNet with a VGG-16-BN encoder; 29,486,988 parameters at 12 classes (module docstring).
+
+    Shapes: ``(B, in_chans, H, W) -> (B, num_classes, H, W)`` for ``H, W >= 2 ** levels`` (32 px at the paper's
+    five); the encoder's stage ``i < levels`` output has stride ``2 ** (i + 1)``.
 
     Args:
         num_classes: output classes per pixel (background included).
         in_chans: input channels.
         width: multiplies every width (``0.25``: 16 ... 128 channels, the CPU "small" variant; at ``0.125`` the
-            network tends to get stuck predicting the class prior on the shapes scenes).
-        img_size: the nominal square input size recorded in ``input_size`` (at least 32 px).
+            network tends to get stuck predicting the class prior on the shapes scenes with five levels).
+        img_size: the nominal square input size recorded in ``input_size`` (at least ``2 ** levels`` px).
+        levels: encoder (and decoder) blocks kept, the first ``levels`` of VGG-16's five (``5``: the paper's).
+            Fewer is a deviation for small inputs: at 32 px the paper's five pools end on a 1x1 map.
 
     Example:
         >>> import torch
         >>> with torch.device("meta"):
         ...     sum(p.numel() for p in segnet().parameters())
         29486988
+        >>> net = segnet(num_classes=7, width=0.25, img_size=32, levels=3)  # the small preset
+        >>> net.encoder.channels, net.encoder.strides, len(net.decoder)
+        ([16, 32, 64], [2, 4, 8], 3)
+        >>> net(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 7, 32, 32])
     """
-    img_size = check_img_size(img_size, SEGNET_MIN_SIZE, "SegNet")
-    widths = [scaled(c, width) for c, _ in _BLOCKS]
+    if not 1 <= int(levels) <= len(_BLOCKS):
+        raise ValueError(f"SegNet: levels must be between 1 and {len(_BLOCKS)}, got {levels}")
+    blocks = _BLOCKS[:int(levels)]
+    min_size = 2 ** len(blocks)
+    img_size = check_img_size(img_size, min_size, "SegNet")
+    widths = [scaled(c, width) for c, _ in blocks]
     cfg: list = []
-    for w, (_, n) in zip(widths, _BLOCKS):
+    for w, (_, n) in zip(widths, blocks):
         cfg += [w] * n + ["M"]
     features = make_layers(cfg, batch_norm=True)
     if in_chans != 3:
@@ -129,12 +155,13 @@ def segnet(*, num_classes: int = 12, in_chans: int = 3, width: float = 1.0, img_
     ends = [i + 1 for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
     stages = [features[a:b] for a, b in zip([0] + ends[:-1], ends)]
     encoder = StagedModel(
-        MinInputSize(SEGNET_MIN_SIZE, "SegNet"), stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
-        channels=widths, strides=[2, 4, 8, 16, 32], input_size=(in_chans, img_size, img_size),
+        MinInputSize(min_size, "SegNet"), stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
+        channels=widths, strides=[2 ** (i + 1) for i in range(len(blocks))],
+        input_size=(in_chans, img_size, img_size),
         num_classes=widths[-1], num_features=widths[-1])
     decoder = []
-    for i in reversed(range(len(_BLOCKS))):
-        w, n = widths[i], _BLOCKS[i][1]
+    for i in reversed(range(len(blocks))):
+        w, n = widths[i], blocks[i][1]
         out = widths[i - 1] if i > 0 else widths[0]
         layers: list[nn.Module] = []
         for j in range(n):

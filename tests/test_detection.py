@@ -112,6 +112,36 @@ def test_window_proposals_find_a_blob() -> None:
     assert props[0, 0].tolist() == [30.0, 20.0, 46.0, 36.0]
 
 
+def _blob() -> torch.Tensor:
+    img = torch.zeros(1, 1, 64, 64)
+    img[0, 0, 20:36, 30:46] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("kw", [{}, {"k": 200}, {"sizes": (8, 16), "k": 5}, {"k": 300, "nms_iou": 0.3},
+                                {"sizes": tuple(range(12, 25)), "stride": 1, "k": 4}])
+def test_window_proposals_equal_nms_over_every_window(kw) -> None:
+    # window_proposals NMSes only a best-scored prefix of the windows (16 k of them, grown when it keeps fewer than
+    # k): the result must be NMS over all windows, as before the speed-up. Covered: tied scores (blank image), fewer
+    # than k survivors (k = 300: repeated), and a prefix that must grow (the blob at 13 sizes and stride 1: its best
+    # 64 windows all overlap, NMS keeps 1 of them)
+    from torchvision.ops import nms
+
+    from baselines._detection import window_scores
+    from experiments.data import create_dataset
+
+    scenes = create_dataset("cluttered_detect", num_train=0, num_test=24, max_digits=3).test.inputs
+    noise = torch.rand(3, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    k, iou = kw.get("k", 32), kw.get("nms_iou", 0.5)
+    for images in (scenes, torch.zeros(2, 1, 64, 64), noise, _blob()):
+        boxes, scores = window_scores(images, **{a: b for a, b in kw.items() if a in ("sizes", "stride")})
+        expected = []
+        for s in scores:
+            keep = nms(boxes, s, iou)[:k]
+            expected.append(boxes[keep.repeat((k + keep.numel() - 1) // keep.numel())[:k]])
+        assert torch.equal(window_proposals(images, **kw), torch.stack(expected))
+
+
 # ---------------------------------------------------------------------------------------------- the task
 def test_map_perfect_is_one_and_shifted_is_zero() -> None:
     task, target = DetectTask(), _target()

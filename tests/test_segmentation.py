@@ -115,6 +115,29 @@ def test_segnet_unpools_with_the_encoders_indices():
     assert net(torch.rand(1, 3, 40, 56)).shape == (1, 5, 40, 56)  # odd pooled sizes un-pool back
 
 
+def test_segnet_levels_keep_the_first_vgg_blocks():
+    # the small preset's levels=3 (a 4x4 bottleneck at 32 px instead of the paper's five pools to 1x1): the first
+    # three encoder blocks of the full network and their mirrored decoder blocks, nothing else
+    from baselines.segnet import segnet
+
+    assert baselines.model_info("segnet")["small"] == {"width": 0.25, "img_size": 32, "levels": 3}
+    full, net = segnet(num_classes=7, width=0.25), segnet(num_classes=7, width=0.25, levels=3)
+    assert net.encoder.channels == [16, 32, 64] and net.encoder.strides == [2, 4, 8] and len(net.decoder) == 3
+    shapes = [p.shape for p in net.encoder.parameters()]
+    assert shapes == [p.shape for p in full.encoder.parameters()][:len(shapes)]
+    assert [sum(isinstance(m, torch.nn.Conv2d) for m in s) for s in net.encoder.stages] == [2, 2, 3]
+    assert [sum(isinstance(m, torch.nn.Conv2d) for m in b) for b in net.decoder] == [3, 2, 2]
+    assert net.decoder[-1][-3].out_channels == 16 and net.classifier.in_channels == 16
+    assert sum(p.numel() for p in net.parameters()) == 221_911
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 7, 32, 32)
+    assert net(torch.rand(1, 3, 20, 28)).shape == (1, 7, 20, 28)  # 20 -> 10 -> 5 -> 2: un-pooled back to 5
+    with pytest.raises(ValueError, match="levels"):
+        segnet(levels=6)
+    with pytest.raises(ValueError, match="img_size"):
+        segnet(levels=5, img_size=16)
+    assert segnet(levels=2, img_size=16)(torch.rand(1, 3, 16, 16)).shape == (1, 12, 16, 16)
+
+
 def test_pixelnet_sampled_logits_equal_the_dense_ones():
     net = _small("pixelnet", fc_taps=True, num_samples=64).eval()
     x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
