@@ -19,6 +19,7 @@ Example:
 """
 
 from . import alexnet as alexnet
+from . import captcha_cnn as captcha_cnn
 from . import captioner as captioner
 from . import chebnet as chebnet
 from . import coordconv as coordconv
@@ -37,6 +38,7 @@ from . import perceiver as perceiver
 from . import perceptron as perceptron
 from . import pixelnet as pixelnet
 from . import rcn as rcn
+from . import rcn_reader as rcn_reader
 from . import rcnn as rcnn
 from . import recurrent as recurrent
 from . import resnet_cifar as resnet_cifar

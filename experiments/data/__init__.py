@@ -12,6 +12,7 @@ Example::
     import inspect; inspect.signature(dataset_builder("digits"))   # the valid options
 """
 
+from . import captcha_text as captcha_text
 from . import captions as captions
 from . import cluttered as cluttered
 from . import detection as detection
