@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         run.summary["best"] = 0.5
         run.finish(exit_code=3)
         second = Path(run.dir).parent / f"run-{run.id}.wandb"
+        # wandb 0.31's finish() can return before its service process has flushed the file: shut the service down
+        # (it writes what it holds) and wait for the exit record, so the reader is not tested on a half-written file
+        wandb.teardown()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(read_wandb_file(p).complete for p in (main, second)):
+            time.sleep(0.05)
     return {"root": root, "main": main, "second": second}
 
 
