@@ -4,7 +4,7 @@
     feedback sweep <experiment> [key=value ...] --backend local|processes|submitit [--workers N] [--retry-failed]
     feedback results <runs-dir>                 the comparison table of finished runs (mean ± std over seeds)
     feedback list models|feedback|datasets|experiments
-    feedback paper [--runs DIR] [--scale cpu|gpu] [--only NAME] [--no-run] [--workers N]   run missing experiments, redraw the paper
+    feedback paper [--runs DIR] [--scale cpu|gpu] [--only NAME] [--no-run] [--workers N] [--data-root DIR]   run missing experiments, redraw the paper
 
 Bad input (an unknown experiment, key, model, feedback kind or dataset, malformed YAML, a wrong type) is one line
 on stderr naming the problem and the valid choices, exit code 2, and nothing is written: everything is validated
@@ -244,6 +244,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     argv += (["--only", args.only] if args.only else []) + (["--no-run"] if args.no_run else [])
     argv += (["--dry-run"] if args.dry_run else []) + (["--out", args.out] if args.out else [])
     argv += ["--workers", str(args.workers)] if args.workers is not None else []
+    argv += ["--data-root", args.data_root] if args.data_root else []
     return subprocess.call(argv)
 
 
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--no-run", action="store_true", help="only redraw from the existing runs")
     pp.add_argument("--dry-run", action="store_true", help="print the feedback run commands and the time estimate")
     pp.add_argument("--workers", type=int, default=None, help="parallel runs per grid (default: 2 at cpu scale)")
+    pp.add_argument("--data-root", default=None, help="gpu scale: a torchvision root with MNIST/ or "
+                    "cifar-10-batches-py/; Figure 1 adds panels for them")
     pp.add_argument("--out", default=None, help="where paper.md and figures/ go (default: the paper/ folder)")
     pp.set_defaults(fn=cmd_paper)
     ls = sub.add_parser("list", help="list registered names")

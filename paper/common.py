@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-__all__ = ["MIN_SEEDS", "Source", "fmt_ci", "load_results", "mean_ci", "new_figure", "read_csv", "save_figure",
+__all__ = ["MIN_SEEDS", "REAL_DATASETS", "Source", "real_datasets", "fmt_ci", "load_results", "mean_ci", "new_figure", "read_csv", "save_figure",
            "seed_note", "write_csv", "write_markdown_table"]
 
 MIN_SEEDS = 3
@@ -47,6 +47,10 @@ class Source:
     cpu_minutes: float = 0.0  # wall time of the cpu invocations on 2 cores (2 worker processes, one torch thread
     # each), as measured by `feedback paper` on 2026-11-26 (the first ~30 min shared the cores with other jobs)
     gpu_minutes: float = 0.0  # estimated wall time of the gpu invocations on one H100
+    # GPU scale with --data-root: one invocation per real dataset found there (REAL_DATASETS), ``{dataset}`` and
+    # ``{root}`` filled in; ``real_minutes`` per dataset
+    real: tuple[str, ...] = ()
+    real_minutes: float = 0.0
     note: str = ""
 
 
@@ -70,6 +74,18 @@ class Run:
                 return default
             cur = cur[p]
         return cur
+
+
+# torchvision datasets the GPU scale uses from a user's root (``feedback paper --scale gpu --data-root DIR``): the
+# folder torchvision's class looks for under the root
+REAL_DATASETS = {"mnist": "MNIST", "cifar10": "cifar-10-batches-py"}
+
+
+def real_datasets(root: str | Path | None) -> list[str]:
+    """The names of :data:`REAL_DATASETS` whose folder is under ``root`` (none without a root)."""
+    if not root:
+        return []
+    return [name for name, folder in REAL_DATASETS.items() if (Path(root) / folder).is_dir()]
 
 
 def load_results(runs: str | Path, experiment: str) -> list[Run]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from paper.common import (
     MIN_SEEDS,
+    REAL_DATASETS,
     Source,
     empty_figure,
     fmt_ci,
@@ -55,19 +56,26 @@ SOURCES = [
     Source("routing_ablation", cpu=(("train.epochs=8", "model.feedback=none,brims,layer_attention", "model.steps=1,2",
                                      _SEEDS, *_EVAL),),
            gpu=((*_EVAL,),), cpu_minutes=1.5, gpu_minutes=10.0),
+    # real datasets from a user's torchvision root: only at the GPU scale with --data-root (one panel row each)
+    Source("deconv_real", cpu=(), gpu=(),
+           real=("data.name={dataset}", "data.options.root={root}", "name=deconv_real_{dataset}"),
+           real_minutes=25.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
-COLUMNS = ["backbone", "epochs", "feedback", "steps", "condition", "n", "few_seeds", "mean", "ci95", "experiments"]
+COLUMNS = ["backbone", "epochs", "feedback", "steps", "condition", "n", "few_seeds", "mean", "ci95", "experiments",
+           "dataset"]
 CONDITION_LABEL = {"clean": "clean", "noise0.2": "Gaussian noise, std 0.2", "occlusion8": "8 px occluder"}
 
 
 def collect_rows(runs: Path) -> list[dict[str, Any]]:
     values: dict[tuple, dict[int, float]] = {}
     sources: dict[tuple, set[str]] = {}
-    for src in SOURCES:
-        for r in load_results(runs, src.config):
+    experiments = [s.config for s in SOURCES if not s.real] + [f"deconv_real_{d}" for d in REAL_DATASETS]
+    for exp in experiments:
+        for r in load_results(runs, exp):
             bb = r.cfg("model.backbone", r.variant.get("model.backbone", "?"))
-            key0 = (bb, int(r.cfg("train.epochs", 0)), r.cfg("model.feedback", "none"), int(r.cfg("model.steps", 1)))
+            key0 = (bb, int(r.cfg("train.epochs", 0)), r.cfg("model.feedback", "none"), int(r.cfg("model.steps", 1)),
+                    str(r.cfg("data.name", "cluttered_digits")))
             conds = {"clean": r.metrics.get("acc")}
             for m, v in r.metrics.items():
                 if m.endswith("/acc") and (m.startswith("noise") or m.startswith("occlusion")):
@@ -77,16 +85,17 @@ def collect_rows(runs: Path) -> list[dict[str, Any]]:
                     continue
                 key = (*key0, cond)
                 values.setdefault(key, {}).setdefault(r.seed, float(v))  # first config wins for a repeated seed
-                sources.setdefault(key, set()).add(src.config)
+                sources.setdefault(key, set()).add(exp)
     rows = []
     for key, by_seed in values.items():
         m, h, n = mean_ci([100 * v for v in by_seed.values()])
-        rows.append({"backbone": key[0], "epochs": key[1], "feedback": key[2], "steps": key[3], "condition": key[4],
+        rows.append({"backbone": key[0], "epochs": key[1], "feedback": key[2], "steps": key[3], "condition": key[5],
                      "n": n, "few_seeds": n < MIN_SEEDS, "mean": m, "ci95": h,
-                     "experiments": ";".join(sorted(sources[key]))})
+                     "experiments": ";".join(sorted(sources[key])), "dataset": key[4]})
     order = {"clean": 0}
-    rows.sort(key=lambda r: (r["backbone"], r["epochs"], order.get(r["condition"], 1), r["condition"],
-                             r["feedback"] != "none", r["feedback"], r["steps"]))
+    rows.sort(key=lambda r: (r["dataset"] != "cluttered_digits", r["dataset"], r["backbone"], r["epochs"],
+                             order.get(r["condition"], 1), r["condition"], r["feedback"] != "none", r["feedback"],
+                             r["steps"]))
     return rows
 
 
@@ -96,7 +105,8 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
     if not rows:
         files = empty_figure(out, NAME, f"no finished runs of {', '.join(CONFIGS)} under {runs}")
         return {"csv": csv_path, "files": files}
-    panels = sorted({(r["backbone"], r["epochs"]) for r in rows})
+    panels = sorted({(r["dataset"], r["backbone"], r["epochs"]) for r in rows},
+                    key=lambda p: (p[0] != "cluttered_digits", *p))
     conds = sorted({r["condition"] for r in rows}, key=lambda c: (c != "clean", c))
     kinds = sorted({r["feedback"] for r in rows if r["feedback"] != "none"})
     fig, axes = new_figure(len(panels), len(conds), width=3.8, height=3.0, sharey="row")
@@ -104,9 +114,9 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
 
     colors = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
     for ci, cond in enumerate(conds):
-        for pi, (bb, ep) in enumerate(panels):
+        for pi, (ds, bb, ep) in enumerate(panels):
             ax = axes[ci][pi]
-            sel = [r for r in rows if (r["backbone"], r["epochs"], r["condition"]) == (bb, ep, cond)]
+            sel = [r for r in rows if (r["dataset"], r["backbone"], r["epochs"], r["condition"]) == (ds, bb, ep, cond)]
             base = [r for r in sel if r["feedback"] == "none" and r["steps"] == 1]
             if base:
                 b = base[0]
@@ -124,8 +134,9 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
             ax.set_xlabel("feedback steps T")
             if pi == 0:
                 ax.set_ylabel(f"exact-set accuracy % ({CONDITION_LABEL.get(cond, cond)})", fontsize=8)
-            ax.set_title(f"{bb}, {ep} epochs" + ("" if cond == "clean" else f"\n{CONDITION_LABEL.get(cond, cond)}"),
-                         fontsize=9)
+            where = "" if ds == "cluttered_digits" else f" ({ds})"
+            ax.set_title(f"{bb}, {ep} epochs{where}" + ("" if cond == "clean" else
+                                                        f"\n{CONDITION_LABEL.get(cond, cond)}"), fontsize=9)
             ax.grid(alpha=0.3)
     handles, labels = {}, []
     for row in axes:
@@ -158,8 +169,11 @@ def facts(rows: list[dict[str, Any]]) -> dict[str, str]:
         return {"summary": "No runs yet.", "table": "", "seeds": seed_note([])}
     lines, table = [], ["| backbone (epochs) | feedback | " + " | ".join(f"T={t}" for t in (1, 2, 3, 4)) + " |",
                         "|---|---|---|---|---|---|"]
-    for bb, ep in sorted({(r["backbone"], r["epochs"]) for r in clean}):
-        sel = [r for r in clean if (r["backbone"], r["epochs"]) == (bb, ep)]
+    for ds, bb0, ep in sorted({(str(r.get("dataset", "cluttered_digits")), r["backbone"], r["epochs"]) for r in clean},
+                              key=lambda p: (p[0] != "cluttered_digits", *p)):
+        sel = [r for r in clean if (str(r.get("dataset", "cluttered_digits")), r["backbone"], r["epochs"]) ==
+               (ds, bb0, ep)]
+        bb = bb0 if ds == "cluttered_digits" else f"{bb0} on {ds}"
         base = next((r for r in sel if r["feedback"] == "none" and r["steps"] == 1), None)
         for k in sorted({r["feedback"] for r in sel}, key=lambda k: (k != "none", k)):
             cells = []

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from paper.common import read_csv
+from paper.common import read_csv, real_datasets
 
 FIGURES = ["fig_steps", "tab_pointing", "fig_robustness", "fig_routing", "fig_perceiver", "tab_cost", "tab_zoo",
            "tab_rcn", "tab_tdbu"]
@@ -49,24 +49,32 @@ def modules(only: str | None = None) -> list[Any]:
     return [importlib.import_module(f"paper.{n}") for n in names]
 
 
-def invocations(scale: str, runs: str | Path, only: str | None = None) -> list[tuple[str, list[str]]]:
-    """``(config, overrides)`` of every ``feedback run`` the chosen figures need at ``scale``."""
+def invocations(scale: str, runs: str | Path, only: str | None = None,
+                data_root: str | Path | None = None) -> list[tuple[str, list[str]]]:
+    """``(config, overrides)`` of every ``feedback run`` the chosen figures need at ``scale`` (at ``gpu`` with a
+    ``data_root``, also each source's ``real`` invocation for every real dataset found there)."""
     out: list[tuple[str, list[str]]] = []
+    found = real_datasets(data_root) if scale == "gpu" else []
     for mod in modules(only):
         for src in getattr(mod, "SOURCES", []):
-            for ov in (src.cpu if scale == "cpu" else src.gpu):
+            ovs = list(src.cpu if scale == "cpu" else src.gpu)
+            if src.real:
+                ovs += [tuple(o.format(dataset=d, root=data_root) for o in src.real) for d in found]
+            for ov in ovs:
                 item = (src.config, [*ov, *SCALE_COMMON[scale], f"runs_dir={runs}"])
                 if item not in out:
                     out.append(item)
     return out
 
 
-def estimate_minutes(scale: str, only: str | None = None) -> float:
-    return sum(getattr(s, f"{scale}_minutes") for m in modules(only) for s in getattr(m, "SOURCES", []))
+def estimate_minutes(scale: str, only: str | None = None, data_root: str | Path | None = None) -> float:
+    n_real = len(real_datasets(data_root)) if scale == "gpu" else 0
+    return sum(getattr(s, f"{scale}_minutes") + n_real * (s.real_minutes if s.real else 0.0)
+               for m in modules(only) for s in getattr(m, "SOURCES", []))
 
 
 def run_missing(runs: Path, scale: str, only: str | None = None, *, dry_run: bool = False,
-                workers: int = 1) -> list[str]:
+                workers: int = 1, data_root: str | Path | None = None) -> list[str]:
     """Run every invocation through the runner (it skips finished runs); returns the failed ones.
 
     ``workers > 1``: each invocation's grid goes through ``feedback sweep --backend processes --workers N`` (one
@@ -77,7 +85,7 @@ def run_missing(runs: Path, scale: str, only: str | None = None, *, dry_run: boo
     if scale == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
     verb = ["sweep", "--backend", "processes", "--workers", str(workers)] if workers > 1 else ["run"]
-    for config, ov in invocations(scale, runs, only):
+    for config, ov in invocations(scale, runs, only, data_root):
         cmd = [sys.executable, "-m", "experiments.cli", *verb, config, *ov]
         print(f"paper: $ feedback {' '.join(verb)} " + " ".join([config, *ov]), flush=True)
         if dry_run:
@@ -96,8 +104,11 @@ def _sources_text(mod: Any, scale: str) -> str:
         return f"Data: the runs of {', '.join(f'`{c}`' for c in getattr(mod, 'CONFIGS', []))} (no runs of its own)."
     parts = []
     for s in srcs:
-        cmds = "; ".join("`feedback run " + " ".join([s.config, *ov]) + "`" for ov in (s.cpu if scale == "cpu"
-                                                                                      else s.gpu))
+        ovs = list(s.cpu if scale == "cpu" else s.gpu)
+        cmds = "; ".join("`feedback run " + " ".join([s.config, *ov]) + "`" for ov in ovs)
+        if s.real:
+            cmds = "; ".join(c for c in (cmds, "with `--scale gpu --data-root DIR`, per real dataset found: "
+                                         "`feedback run " + " ".join([s.config, *s.real]) + "`") if c)
         parts.append(f"`experiments/configs/{s.config}.yaml` ({scale} scale: {cmds})")
     return "Data: " + "; ".join(parts) + "."
 
@@ -144,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "written, 3 seeds)")
     p.add_argument("--only", default=None, help=f"comma-separated figures: {', '.join(FIGURES)}")
     p.add_argument("--no-run", action="store_true", help="only regenerate figures and paper from existing runs")
+    p.add_argument("--data-root", default=None, help="gpu scale: a torchvision root; Figure 1 adds MNIST and "
+                   "CIFAR-10 panels for those found there (MNIST/, cifar-10-batches-py/)")
     p.add_argument("--workers", type=int, default=None, help="parallel runs per grid (default: 2 at cpu scale, "
                    "one per core; 1 at gpu scale)")
     p.add_argument("--dry-run", action="store_true", help="print the feedback run commands and the estimate, run none")
@@ -152,12 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = Path(args.runs)
     failed: list[str] = []
     if not args.no_run:
-        print(f"paper: {args.scale} scale, estimated {estimate_minutes(args.scale, args.only):.0f} min of runs "
-              f"(from scratch) into {runs}", flush=True)
+        if args.data_root and args.scale != "gpu":
+            p.error("--data-root is for --scale gpu (the CPU scale uses bundled and generated data only)")
+        if args.data_root and not real_datasets(args.data_root):
+            p.error(f"--data-root {args.data_root}: none of MNIST/, cifar-10-batches-py/ is there (torchvision's "
+                    "folders; download them with torchvision first)")
+        est = estimate_minutes(args.scale, args.only, args.data_root)
+        print(f"paper: {args.scale} scale, estimated {est:.0f} min of runs (from scratch) into {runs}", flush=True)
         workers = args.workers if args.workers is not None else (2 if args.scale == "cpu" else 1)
         if workers < 1:
             p.error(f"--workers must be >= 1, got {workers}")
-        failed = run_missing(runs, args.scale, args.only, dry_run=args.dry_run, workers=workers)
+        failed = run_missing(runs, args.scale, args.only, dry_run=args.dry_run, workers=workers,
+                             data_root=args.data_root)
         if args.dry_run:
             return 0
     build(runs, Path(args.out), args.only, scale=args.scale)

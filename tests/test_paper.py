@@ -122,7 +122,7 @@ def test_every_figure_and_the_paper(runs: Path, tmp_path: Path) -> None:
     # Figure 1 from the real tiny runs: none@1, deconv@1, deconv@2 on lenet5_relu, clean and noisy, 3 seeds each
     steps = _csv(figs / "fig_steps.csv")
     assert list(steps[0]) == ["backbone", "epochs", "feedback", "steps", "condition", "n", "few_seeds", "mean",
-                              "ci95", "experiments"]
+                              "ci95", "experiments", "dataset"]
     lenet = {(r["feedback"], r["steps"], r["condition"]): r for r in steps if r["backbone"] == "lenet5_relu"
              and r["epochs"] == "1"}
     assert {("none", "1", "clean"), ("deconv", "2", "clean"), ("deconv", "2", "noise0.2")} <= set(lenet)
@@ -221,3 +221,32 @@ def test_paper_imports_no_training() -> None:
             "bad = [m for m in ('experiments.train', 'torch', 'feedback', 'baselines') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.call([sys.executable, "-c", code]) == 0
+
+
+def test_gpu_scale_adds_real_datasets_from_a_torchvision_root(tmp_path: Path) -> None:
+    """--scale gpu --data-root: one deconv_real invocation per dataset found; its runs become Figure 1 panels."""
+    from paper import fig_steps, make
+    from test_runner_datasets import write_mnist
+
+    root = tmp_path / "data"
+    write_mnist(root)
+    inv = make.invocations("gpu", tmp_path / "runs", "fig_steps", data_root=root)
+    real = [ov for cfg, ov in inv if cfg == "deconv_real"]
+    assert real == [["data.name=mnist", f"data.options.root={root}", "name=deconv_real_mnist", "log.progress=false",
+                     f"runs_dir={tmp_path / 'runs'}"]]
+    assert not [c for c, _ in make.invocations("cpu", tmp_path / "runs", "fig_steps", data_root=root)
+                if c == "deconv_real"]
+    assert make.estimate_minutes("gpu", data_root=root) == make.estimate_minutes("gpu") + 25.0
+    # the config runs on the (tiny, fake) MNIST files; its runs reach Figure 1 as an MNIST panel
+    rc = cli_main(["run", "deconv_real", *real[0][:3], f"runs_dir={tmp_path / 'runs'}", "log.wandb=disabled",
+                   "log.progress=false", "model.backbone=lenet5_relu", "model.feedback=none", "train.epochs=1",
+                   "data.batch_size=8"])
+    assert rc == 0
+    rows = fig_steps.collect_rows(tmp_path / "runs")
+    assert {(r["dataset"], r["backbone"], r["feedback"], r["n"]) for r in rows if r["condition"] == "clean"} == {
+        ("mnist", "lenet5_relu", "none", 3)}
+    assert "lenet5_relu on mnist" in fig_steps.facts(rows)["summary"]
+    with pytest.raises(SystemExit) as e:
+        make.main(["--scale", "gpu", "--data-root", str(tmp_path / "empty"), "--runs", str(tmp_path / "r"),
+                   "--dry-run"])
+    assert e.value.code == 2
