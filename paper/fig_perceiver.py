@@ -79,7 +79,7 @@ def make(runs: Path, out: Path) -> dict[str, Any]:
 
 def facts(rows: list[dict[str, Any]]) -> dict[str, str]:
     if not rows:
-        return {"summary": "No runs yet.", "seeds": seed_note([])}
+        return {"summary": "No runs yet.", "verdict": "No runs yet.", "seeds": seed_note([])}
     lines = []
     for m in dict.fromkeys(r["model"] for r in rows):
         o = next((r for r in rows if r["model"] == m and r["input"] == "ordered"), None)
@@ -91,4 +91,5 @@ def facts(rows: list[dict[str, Any]]) -> dict[str, str]:
     verdict = ("The Perceiver learns the task here." if learned else
                "The Perceiver stays near chance at this scale: the invariance is exact, but this run does not show "
                "a Perceiver that matches the CNN.")
-    return {"summary": "\n".join(f"- {s}" for s in lines) + "\n\n" + verdict, "seeds": seed_note(r["n"] for r in rows)}
+    return {"summary": "\n".join(f"- {s}" for s in lines) + "\n\n" + verdict, "verdict": verdict,
+            "seeds": seed_note(r["n"] for r in rows)}

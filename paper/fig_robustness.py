@@ -120,8 +120,9 @@ def facts(rows: list[dict[str, Any]]) -> dict[str, str]:
     verdict = ""
     if pl and pf:
         verdict = (f" End-to-end PGD leaves {pl['mean']:.1f} % against {pf['mean']:.1f} % for the first-pass attack: "
-                   + ("the end-to-end attack is the stronger one, as it should be."
-                      if pl["mean"] <= pf["mean"] else
+                   + ("the end-to-end attack is the stronger one, as it should be." if pl["mean"] < pf["mean"] else
+                      "the two attacks are equally strong (the end-to-end one finds nothing the first pass misses)."
+                      if pl["mean"] == pf["mean"] else
                       "the end-to-end attack is NOT stronger here (check for gradient masking before claiming "
                       "robustness)."))
     return {"summary": "\n".join(f"- {s}" for s in lines) + ("\n\n" + verdict.strip() if verdict else ""),

@@ -61,7 +61,7 @@ SOURCES = [
            real=("data.name={dataset}", "data.options.root={root}", "name=deconv_real_{dataset}"),
            real_minutes=25.0),
 ]
-CONFIGS = [s.config for s in SOURCES]
+CONFIGS = [s.config for s in SOURCES if not s.real]  # deconv_real's runs live under deconv_real_<dataset>
 COLUMNS = ["backbone", "epochs", "feedback", "steps", "condition", "n", "few_seeds", "mean", "ci95", "experiments",
            "dataset"]
 CONDITION_LABEL = {"clean": "clean", "noise0.2": "Gaussian noise, std 0.2", "occlusion8": "8 px occluder"}
