@@ -225,8 +225,9 @@ def test_paper_imports_no_training() -> None:
 
 def test_gpu_scale_adds_real_datasets_from_a_torchvision_root(tmp_path: Path) -> None:
     """--scale gpu --data-root: one deconv_real invocation per dataset found; its runs become Figure 1 panels."""
-    from paper import fig_steps, make
     from test_runner_datasets import write_mnist
+
+    from paper import fig_steps, make
 
     root = tmp_path / "data"
     write_mnist(root)
