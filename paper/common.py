@@ -45,7 +45,7 @@ class Source:
     cpu: tuple[tuple[str, ...], ...] = ((),)
     gpu: tuple[tuple[str, ...], ...] = ((),)
     cpu_minutes: float = 0.0  # wall time of the cpu invocations on 2 cores (2 worker processes, one torch thread
-    # each), as measured by `feedback paper` on 2026-11-26 (the first ~30 min shared the cores with other jobs)
+    # each), as measured by a from-scratch `feedback paper` on a quiet 2-core machine on 2026-11-26 (46 min in all)
     gpu_minutes: float = 0.0  # estimated wall time of the gpu invocations on one H100
     # GPU scale with --data-root: one invocation per real dataset found there (REAL_DATASETS), ``{dataset}`` and
     # ``{root}`` filled in; ``real_minutes`` per dataset

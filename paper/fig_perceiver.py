@@ -28,7 +28,7 @@ NAME = "fig_perceiver"
 TITLE = "Perceiver on permuted pixels"
 SOURCES = [
     Source("perceiver_permuted", cpu=(("train.epochs=6", "train.seed=0,1,2"),), gpu=(("train.seed=0,1,2",),),
-           cpu_minutes=2.5, gpu_minutes=5.0),
+           cpu_minutes=2.0, gpu_minutes=5.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["model", "input", "n", "few_seeds", "mean", "ci95", "epochs"]

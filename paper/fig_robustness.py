@@ -38,7 +38,7 @@ SOURCES = [
     Source("generative_ablation",
            cpu=((*_ATTACK, "train.epochs=8", "train.seed=0,1,2", "eval.attack_images=64"),),
            gpu=((*_ATTACK, "train.seed=0,1,2", "eval.attack_images=512"),),
-           cpu_minutes=2.5, gpu_minutes=5.0,
+           cpu_minutes=2.0, gpu_minutes=5.0,
            note="runs into runs/generative_robustness (name=...)"),
 ]
 CONFIGS = [s.config for s in SOURCES]

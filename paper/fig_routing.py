@@ -32,7 +32,7 @@ SOURCES = [
     Source("routing_sequential_digits", cpu=(("train.epochs=3", "train.seed=0,1,2"),),
            gpu=(("train.seed=0,1,2",),), cpu_minutes=2.5, gpu_minutes=20.0),
     Source("routing_copying", cpu=(("train.epochs=5", "train.seed=0,1,2"),),
-           gpu=(("train.seed=0,1,2",),), cpu_minutes=1.5, gpu_minutes=15.0),
+           gpu=(("train.seed=0,1,2",),), cpu_minutes=1.0, gpu_minutes=15.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["task", "model", "x", "test", "trained", "n", "few_seeds", "mean", "ci95"]

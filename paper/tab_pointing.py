@@ -37,7 +37,7 @@ SOURCES = [
                  "model.backbone=lenet5_relu"),
                 ("train.epochs=3", "data.options.num_train=2000", "eval.pointing_images=200",
                  "model.backbone=resnet18_small")),
-           gpu=((),), cpu_minutes=2.5, gpu_minutes=3.0),
+           gpu=((),), cpu_minutes=2.0, gpu_minutes=3.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 METHOD_ORDER = ["centre", "gradient", "gradient_x_input", "deconvnet", "guided_backprop", "gradcam", "excitation",

@@ -32,8 +32,8 @@ TITLE = "Data efficiency: RCN against trained networks"
 # the CPU scale leaves out "all" (~135 per class): the ResNets' most expensive cells (about 12 of 30 minutes)
 _CPU_LEVELS = "data.options.per_class=10,20,100"
 SOURCES = [
-    Source("rcn_data_efficiency_rcn", cpu=((_CPU_LEVELS,),), gpu=((),), cpu_minutes=2.0, gpu_minutes=4.0),
-    Source("rcn_data_efficiency", cpu=((_CPU_LEVELS,),), gpu=((),), cpu_minutes=18.0, gpu_minutes=10.0),
+    Source("rcn_data_efficiency_rcn", cpu=((_CPU_LEVELS,),), gpu=((),), cpu_minutes=1.0, gpu_minutes=4.0),
+    Source("rcn_data_efficiency", cpu=((_CPU_LEVELS,),), gpu=((),), cpu_minutes=16.0, gpu_minutes=10.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
 COLUMNS = ["model", "per_class", "n", "few_seeds", "mean", "ci95"]

@@ -32,7 +32,7 @@ NAME = "tab_tdbu"
 TITLE = "Combined top-down/bottom-up segmentation"
 _SEEDS = "data.seed=0,1,2"
 SOURCES = [
-    Source("tdbu_segmentation", cpu=((_SEEDS,),), gpu=((_SEEDS,),), cpu_minutes=3.0, gpu_minutes=5.0),
+    Source("tdbu_segmentation", cpu=((_SEEDS,),), gpu=((_SEEDS,),), cpu_minutes=2.5, gpu_minutes=5.0),
     Source("tdbu_segmentation_shapes", cpu=((_SEEDS,),), gpu=((_SEEDS,),), cpu_minutes=1.0, gpu_minutes=2.0),
 ]
 CONFIGS = [s.config for s in SOURCES]
